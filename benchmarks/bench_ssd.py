@@ -1,0 +1,137 @@
+"""SS-D forward/backward: the per-class loop ("reference") against the other backends.
+
+    python benchmarks/bench_ssd.py --preset cpu            # this machine's CPU
+    python benchmarks/bench_ssd.py --preset paper --device cuda
+
+Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints a table of median
+times with the speed-up over the reference, and writes CSV (and a PNG plot when matplotlib is installed) to
+benchmarks/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _harness import RESULTS, PeakMemory, median_ms, plot_bars, print_table, run_worker, write_csv  # noqa: E402
+
+from ssfdan_ext import SeparatedDiscriminator  # noqa: E402
+from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
+
+PROVIDERS = ("reference", "grouped")
+MODES = ("fwd", "bwd", "full")
+
+
+@dataclass(frozen=True)
+class Preset:
+    num_classes: int
+    in_channels: int
+    channels: tuple[int, int, int, int]
+    feature_size: tuple[int, int]
+    label_size: tuple[int, int]
+    batch: int = 1
+
+
+PRESETS = {
+    # small enough for pytest-benchmark and the interpreter-free CI
+    "tiny": Preset(19, 32, (16, 16, 8, 8), (16, 32), (128, 256)),
+    # this 2-core CPU
+    "cpu": Preset(19, 256, (128, 64, 32, 16), (64, 128), (512, 1024)),
+    # the paper's DeepLab-v2 ResNet-101 on 512x1024 crops: features 65x129
+    "paper": Preset(19, 2048, (1024, 512, 256, 128), (65, 129), (512, 1024)),
+}
+
+
+def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0):
+    """(discriminator, features, labels) for a preset; the same weights and inputs for every provider."""
+    torch.manual_seed(seed)
+    disc = SeparatedDiscriminator(preset.num_classes, preset.in_channels, preset.channels).to(device)
+    h, w = preset.feature_size
+    features = torch.randn(preset.batch, preset.in_channels, h, w, device=device)
+    make = street_labels if layout == "street" else checkerboard_labels
+    labels = make(preset.batch, *preset.label_size, num_classes=preset.num_classes).to(device)
+    return disc, features, labels
+
+
+def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, mode: str):
+    """The callable and its untimed setup for one mode."""
+    features = features.requires_grad_(True)
+
+    def forward(_=None):
+        return disc(features, labels).logits.square().mean()
+
+    if mode == "fwd":
+        return forward, None
+    if mode == "full":
+        return lambda _=None: forward().backward(), None
+    return lambda loss: loss.backward(), forward  # bwd: the forward runs untimed
+
+
+def measure(provider: str, mode: str, preset_name: str, layout: str, device: torch.device, repeats: int,
+            warmup: int) -> dict:
+    preset = PRESETS[preset_name]
+    disc, features, labels = make_case(preset, layout, device)
+    disc.backend = provider
+    fn, setup = step(disc, features, labels, mode)
+    with PeakMemory(device) as peak:
+        ms = median_ms(fn, device, repeats, warmup, setup)
+    return {"preset": preset_name, "layout": layout, "device": device.type, "provider": provider, "mode": mode,
+            "median_ms": round(ms, 3), "peak_mb": round(peak.mb, 1)}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--layout", choices=("street", "checkerboard"), default="street")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.worker:
+        row = measure(args.providers[0], args.modes[0], args.preset, args.layout, device, args.repeats, args.warmup)
+        print(json.dumps(row))
+        return [row]
+
+    preset = PRESETS[args.preset]
+    print(f"SS-D benchmark, preset {args.preset} {asdict(preset)}, layout {args.layout}, device {device}, "
+          f"median of {args.repeats} (after {args.warmup} warm-up), torch threads {torch.get_num_threads()}",
+          flush=True)
+    rows = []
+    common = ["--preset", args.preset, "--device", args.device, "--layout", args.layout, "--repeats",
+              str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    for mode in args.modes:
+        for provider in args.providers:
+            row = run_worker(Path(__file__), [*common, "--providers", provider, "--modes", mode])
+            print(f"  {provider:>10} {mode:>4}: {row['median_ms']:10.2f} ms, peak {row['peak_mb']:9.1f} MB",
+                  flush=True)
+            rows.append(row)
+    for row in rows:
+        base = next((r for r in rows if r["mode"] == row["mode"] and r["provider"] == "reference"), None)
+        row["speedup_vs_reference"] = round(base["median_ms"] / row["median_ms"], 2) if base else ""
+        row["memory_vs_reference"] = (round(row["peak_mb"] / base["peak_mb"], 2)
+                                      if base and base["peak_mb"] > 0 else "")
+    print()
+    print_table(rows, ["provider", "mode", "median_ms", "speedup_vs_reference", "peak_mb", "memory_vs_reference"])
+    stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
+    write_csv(rows, args.out / f"{stem}.csv")
+    plotted = plot_bars(rows, args.out / f"{stem}.png", f"SS-D {args.preset} ({args.layout}, {device.type})",
+                        group="mode", series="provider", value="median_ms")
+    print(f"\nwrote {args.out / (stem + '.csv')}" + (f" and {stem}.png" if plotted else " (no matplotlib: no plot)"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+// CPU kernel of SPEC section 2 (mode downsampling): one histogram per output cell, parallel over rows.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <array>
+#include <atomic>
+
+#include "../mode_downsample.h"
+
+namespace ssfdan_ext {
+namespace {
+
+at::Tensor mode_downsample_cpu(const at::Tensor& labels_in, int64_t out_h, int64_t out_w,
+                               int64_t num_classes) {
+  check_mode_downsample_args(labels_in, out_h, out_w, num_classes);
+  TORCH_CHECK(labels_in.device().is_cpu(), "mode_downsample: labels must be a CPU tensor here");
+  const at::Tensor labels = labels_in.contiguous();
+  const int64_t B = labels.size(0), H = labels.size(1), W = labels.size(2);
+  at::Tensor out = at::empty({B, out_h, out_w}, labels.options());
+  if (B == 0) return out;
+
+  const int64_t* in = labels.data_ptr<int64_t>();
+  int64_t* dst = out.data_ptr<int64_t>();
+  // A bad label is reported after the parallel loop: throwing inside at::parallel_for workers is allowed,
+  // but recording the first offending value gives a deterministic message.
+  std::atomic<int64_t> bad_value{kIgnoreLabel};
+  std::atomic<bool> bad{false};
+
+  at::parallel_for(0, B * out_h, 1, [&](int64_t begin, int64_t end) {
+    std::array<int32_t, kMaxClasses> hist;
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / out_h, i = row % out_h;
+      const int64_t r0 = bin_start(i, H, out_h), r1 = bin_end(i, H, out_h);
+      for (int64_t j = 0; j < out_w; ++j) {
+        const int64_t c0 = bin_start(j, W, out_w), c1 = bin_end(j, W, out_w);
+        std::fill(hist.begin(), hist.begin() + num_classes, 0);
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t* src = in + (b * H + r) * W;
+          for (int64_t c = c0; c < c1; ++c) {
+            const int64_t v = src[c];
+            if (v >= 0 && v < num_classes) {
+              ++hist[v];
+            } else if (v != kIgnoreLabel) {
+              bad_value.store(v);
+              bad.store(true);
+            }
+          }
+        }
+        dst[(b * out_h + i) * out_w + j] = histogram_mode(hist.data(), num_classes, kIgnoreLabel);
+      }
+    }
+  });
+  TORCH_CHECK_VALUE(!bad.load(), "mode_downsample: labels must lie in [0, ", num_classes,
+              ") or equal 255 (IGNORE), found ", bad_value.load());
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssfdan_ext, CPU, m) { m.impl("mode_downsample", &mode_downsample_cpu); }
+
+}  // namespace ssfdan_ext

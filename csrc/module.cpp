@@ -1,0 +1,36 @@
+// The Python module ssfdan_ext._C. Importing it runs the TORCH_LIBRARY registrations of the other sources;
+// the module itself only reports how it was built.
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+#ifdef SSFDAN_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+#ifndef SSFDAN_TORCH_VERSION
+#define SSFDAN_TORCH_VERSION "unknown"
+#endif
+#ifndef SSFDAN_CUDA_ARCHS
+#define SSFDAN_CUDA_ARCHS ""
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Compiled kernels of ssfdan_ext (operators live under torch.ops.ssfdan_ext).";
+  m.def("build_info", []() {
+    py::dict info;
+    info["cpu"] = true;
+#ifdef SSFDAN_WITH_CUDA
+    info["cuda"] = true;
+    info["cuda_version"] = std::to_string(CUDART_VERSION / 1000) + "." + std::to_string(CUDART_VERSION % 1000 / 10);
+#else
+    info["cuda"] = false;
+    info["cuda_version"] = py::none();
+#endif
+    info["cuda_archs"] = std::string(SSFDAN_CUDA_ARCHS);
+    info["torch_version"] = std::string(SSFDAN_TORCH_VERSION);
+    return info;
+  });
+}

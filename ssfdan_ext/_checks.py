@@ -1,0 +1,85 @@
+"""Argument checks shared by every public entry point: clear Python errors before any kernel runs."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .types import IGNORE
+
+MAX_CLASSES = 255  # class ids share the label value space with IGNORE = 255
+
+
+def check_tensor(x: object, name: str, ndim: int, layout: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor {layout}, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(x.shape)}")
+    return x
+
+
+def check_floating(x: Tensor, name: str) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def check_num_classes(num_classes: object, name: str = "num_classes") -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"{name} must be an int, got {type(num_classes).__name__}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"{name} must be in [1, {MAX_CLASSES}], got {num_classes}")
+    return num_classes
+
+
+def check_labels(labels: object, name: str, num_classes: int) -> Tensor:
+    """labels must be (B, H, W) int64 with values in [0, num_classes) or IGNORE."""
+    labels = check_tensor(labels, name, 3, "(B, H, W)")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{name} must be int64, got {labels.dtype}")
+    if labels.numel():
+        bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE))
+        if bool(bad.any()):
+            value = int(labels[bad][0])
+            raise ValueError(f"{name} must lie in [0, {num_classes}) or equal {IGNORE} (IGNORE), found {value}")
+    return labels
+
+
+def check_size(size: object, name: str = "size") -> tuple[int, int]:
+    if not isinstance(size, Sequence) or len(size) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in size
+    ):
+        raise TypeError(f"{name} must be a pair of ints (h, w), got {size!r}")
+    h, w = size
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must be positive, got {(h, w)}")
+    return h, w
+
+
+def check_rho(rho: object) -> float:
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)):
+        raise TypeError(f"rho must be a float, got {type(rho).__name__}")
+    rho = float(rho)
+    if not (0.0 <= rho <= 1.0) or math.isnan(rho):
+        raise ValueError(f"rho must be in [0, 1], got {rho}")
+    return rho
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def check_same_device(**tensors: Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        desc = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all inputs must be on one device, got {desc}")
+
+
+def check_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{a_name} and {b_name} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{a_name} is an empty batch (B = 0)")

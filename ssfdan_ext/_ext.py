@@ -1,0 +1,50 @@
+"""Loading of the compiled extension ssfdan_ext._C and reports of what it contains."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing it registers the torch.ops.ssfdan_ext operators)
+
+    _LOAD_ERROR: Exception | None = None
+except ImportError as exc:  # a source checkout without a build, or a torch ABI mismatch
+    _C = None
+    _LOAD_ERROR = exc
+
+
+def build_info() -> dict[str, Any]:
+    """What the installed extension was compiled with.
+
+    Keys: ``compiled`` (the extension loaded), ``cpu`` and ``cuda`` (which kernel sets are in it),
+    ``cuda_version`` and ``cuda_archs`` (of the CUDA build, if any), ``torch_version`` (torch at build time),
+    ``runtime_torch_version`` (torch now), and ``error`` (why loading failed, when it did).
+    """
+    info: dict[str, Any] = {"runtime_torch_version": torch.__version__}
+    if _C is None:
+        info.update(compiled=False, cpu=False, cuda=False, cuda_version=None, cuda_archs="",
+                    torch_version=None, error=str(_LOAD_ERROR))
+        return info
+    info.update(_C.build_info())
+    info.update(compiled=True, error=None)
+    return info
+
+
+def has_cuda_kernels() -> bool:
+    """True when the extension was compiled with its CUDA kernels (no GPU is needed to ask)."""
+    return bool(build_info()["cuda"])
+
+
+def has_compiled_ops() -> bool:
+    """True when the compiled operators (torch.ops.ssfdan_ext.*) are available."""
+    return _C is not None
+
+
+def require_compiled(what: str) -> None:
+    """Raise a RuntimeError that explains how to build the extension when it is missing."""
+    if _C is None:
+        raise RuntimeError(
+            f"{what} needs the compiled extension ssfdan_ext._C, which did not load ({_LOAD_ERROR}). "
+            "Build it against the installed torch: `pip install --no-build-isolation .` from the source tree."
+        )

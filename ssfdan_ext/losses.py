@@ -1,0 +1,64 @@
+"""Adversarial losses of SSF-DAN with CA-R weighting (SPEC sections 4 and 5)."""
+from __future__ import annotations
+
+from torch import Tensor
+
+from . import reference
+from ._checks import check_tensor
+from .types import DiscriminatorOutput
+
+
+def _check_output(output: object, name: str) -> DiscriminatorOutput:
+    if not isinstance(output, tuple) or len(output) != 2 or not all(isinstance(t, Tensor) for t in output):
+        raise TypeError(f"{name} must be a DiscriminatorOutput(logits, labels), got {type(output).__name__}")
+    logits, labels = output
+    check_tensor(logits, f"{name}.logits", 4, "(B, 1, h', w')")
+    check_tensor(labels, f"{name}.labels", 3, "(B, h', w')")
+    if logits.shape[1] != 1 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
+        raise ValueError(f"{name}.logits {tuple(logits.shape)} must be (B, 1, h', w') for labels "
+                         f"{tuple(labels.shape)}")
+    return DiscriminatorOutput(logits, labels)
+
+
+def _check_tau(tau: Tensor | None, output: DiscriminatorOutput) -> None:
+    if tau is None:
+        return
+    check_tensor(tau, "tau", 2, "(B, C)")
+    if tau.shape[0] != output.logits.shape[0]:
+        raise ValueError(f"tau must have one row per image ({output.logits.shape[0]}), got {tuple(tau.shape)}")
+    if tau.device != output.labels.device:
+        raise ValueError(f"tau is on {tau.device} but the discriminator output on {output.labels.device}")
+    labelled = output.labels[output.labels != 255]
+    if labelled.numel() and int(labelled.max()) >= tau.shape[1]:
+        raise ValueError(f"tau has {tau.shape[1]} classes but the output labels reach class {int(labelled.max())}")
+
+
+def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = None) -> Tensor:
+    """Generator loss on target features: weighted BCE of the SS-D logits against the source label 0.
+
+    ``tau`` (the target selection's CA-R weights) weights each output cell by its class; without it every
+    labelled cell weighs 1. The sum is divided by the number of labelled cells (at least 1).
+
+    Shapes: target_output.logits (B, 1, h', w'), target_output.labels (B, h', w'), tau (B, C) -> scalar.
+    """
+    target_output = _check_output(target_output, "target_output")
+    _check_tau(tau, target_output)
+    return reference.adversarial_loss(target_output, tau)
+
+
+def discriminator_loss(source_output: DiscriminatorOutput, target_output: DiscriminatorOutput,
+                       tau: Tensor | None = None) -> Tensor:
+    """Discriminator loss: 0.5 * (BCE(source, 0) + BCE(target, 1)), both weighted by the target's tau.
+
+    Row b of ``tau`` weights source image b and target image b. Compute the outputs on detached features.
+
+    Shapes: *_output.logits (B, 1, h', w'), *_output.labels (B, h', w'), tau (B, C) -> scalar.
+    """
+    source_output = _check_output(source_output, "source_output")
+    target_output = _check_output(target_output, "target_output")
+    if source_output.logits.shape[0] != target_output.logits.shape[0]:
+        raise ValueError(f"source_output and target_output must have the same batch size, got "
+                         f"{source_output.logits.shape[0]} and {target_output.logits.shape[0]}")
+    _check_tau(tau, source_output)
+    _check_tau(tau, target_output)
+    return reference.discriminator_loss(source_output, target_output, tau)

@@ -1,0 +1,4 @@
+"""Discriminator modules."""
+from .separated_discriminator import SeparatedDiscriminator
+
+__all__ = ["SeparatedDiscriminator"]

@@ -1,0 +1,39 @@
+"""Result types shared by the reference, the public ops and the discriminator."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+IGNORE = 255
+"""Label value meaning "no class", in datasets, pseudo labels and downsampled maps alike."""
+
+
+class Selection(NamedTuple):
+    """Pseudo labels chosen by the progressive confidence strategy.
+
+    Shapes:
+        labels: (B, H, W) int64, the argmax class where kept, else IGNORE.
+        confidence: (B, H, W) float32, the max softmax probability where kept, else 0.
+        counts: (B, C) int64, kept pixels per image and class.
+        conf_sums: (B, C) float32, sum of the kept confidences per image and class.
+        tau: (B, C) float32, the CA-R weight sqrt(counts / conf_sums), 0 for a class with no kept pixel.
+    """
+
+    labels: Tensor
+    confidence: Tensor
+    counts: Tensor
+    conf_sums: Tensor
+    tau: Tensor
+
+
+class DiscriminatorOutput(NamedTuple):
+    """What a class-wise discriminator returns.
+
+    Shapes:
+        logits: (B, 1, h', w'), the domain logit of each output cell (0 on IGNORE cells).
+        labels: (B, h', w') int64, the output-resolution class of each cell (IGNORE where none).
+    """
+
+    logits: Tensor
+    labels: Tensor

@@ -1,0 +1,75 @@
+"""What was compiled, the public API surface, and the CMake build for libtorch users."""
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssfdan_ext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_build_info_reports_the_compiled_extension():
+    info = ssfdan_ext.build_info()
+    assert info["compiled"] and info["error"] is None and info["cpu"]
+    assert info["torch_version"] == torch.__version__ == info["runtime_torch_version"]
+    assert ssfdan_ext.has_cuda_kernels() == info["cuda"]
+    if info["cuda"]:
+        assert info["cuda_version"] and info["cuda_archs"]
+
+
+@pytest.mark.skipif(os.environ.get("SSFDAN_FORCE_CUDA") != "1", reason="only when the build was asked for CUDA")
+def test_cuda_kernels_compiled_when_forced():
+    # CI builds with SSFDAN_FORCE_CUDA=1: the CUDA sources must be in the installed extension.
+    assert ssfdan_ext.has_cuda_kernels()
+    assert "CUDA" in str(torch._C._dispatch_dump("ssfdan_ext::mode_downsample"))
+
+
+def test_public_api_is_documented():
+    for name in ssfdan_ext.__all__:
+        obj = getattr(ssfdan_ext, name)
+        if name == "IGNORE":
+            assert obj == 255
+            continue
+        assert inspect.getdoc(obj), f"{name} has no docstring"
+    for name in ("confidence_select", "mode_downsample", "SeparatedDiscriminator", "DiscriminatorOutput",
+                 "Selection", "adversarial_loss", "discriminator_loss"):
+        doc = inspect.getdoc(getattr(ssfdan_ext, name))
+        assert "Shapes" in doc, f"{name} documents no shapes"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_cmake_library_builds_and_registers_the_ops(tmp_path):
+    build = tmp_path / "build"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    generator = ["-G", "Ninja"] if shutil.which("ninja", path=env["PATH"]) else []
+    configure = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *generator,
+                                f"-DPython3_EXECUTABLE={sys.executable}"],
+                               capture_output=True, text=True, env=env)
+    assert configure.returncode == 0, configure.stdout[-3000:] + configure.stderr[-3000:]
+    if ssfdan_ext.has_cuda_kernels():  # the same toolkit that built the Python extension builds these
+        assert "ssfdan_ext: CUDA kernels ON" in configure.stdout
+    built = subprocess.run(["cmake", "--build", str(build), "-j", "2"], capture_output=True, text=True, env=env)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    library = build / "libssfdan_ext.so"
+    assert library.exists()
+    # A fresh interpreter that never imports the Python package: the library alone registers the op.
+    script = textwrap.dedent(f"""
+        import torch
+        torch.ops.load_library({str(library)!r})
+        labels = torch.tensor([[[0, 1, 1, 2, 255]]])
+        print(torch.ops.ssfdan_ext.mode_downsample(labels, 1, 2, 3).tolist())
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    # bins [0, 3) -> {0, 1, 1} -> 1 and [2, 5) -> {1, 2, 255} -> tie -> 1
+    assert run.stdout.strip() == "[[[1, 1]]]"

@@ -1,0 +1,207 @@
+"""SeparatedDiscriminator: every backend against the reference, gradients, layout and argument errors."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import DEVICES, assert_close_scaled
+
+from ssfdan_ext import IGNORE, SeparatedDiscriminator, reference
+from ssfdan_ext.testing import checkerboard_labels, street_labels
+
+N, CHANNELS = 4, (6, 5, 4, 3)
+STRIDES = [(1, 2, 2, 2, 2), (1, 1, 1, 1, 1)]
+
+
+def _labels(kind: str, B: int, H: int, W: int, C: int, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    if kind == "random":
+        # Blocky random labels (3x3 blocks) so that mode downsampling keeps several classes per map.
+        blocks = torch.randint(0, C, (B, (H + 2) // 3, (W + 2) // 3), generator=gen)
+        labels = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, :H, :W].contiguous()
+        labels[torch.rand(B, H, W, generator=gen) < 0.1] = IGNORE
+        return labels
+    if kind == "all_ignore":
+        return torch.full((B, H, W), IGNORE, dtype=torch.int64)
+    if kind == "class_absent":  # never uses class 0
+        return torch.randint(1, max(C, 2), (B, H, W), generator=gen) % C if C > 1 else torch.zeros(B, H, W).long()
+    if kind == "street":
+        return street_labels(B, H, W, num_classes=C, seed=seed)
+    if kind == "checkerboard":
+        return checkerboard_labels(B, H, W, num_classes=C, cell=2)
+    raise ValueError(kind)
+
+
+def _run(disc, backend, features, labels, upstream):
+    disc.zero_grad(set_to_none=True)
+    features = features.detach().clone().requires_grad_(True)
+    disc.backend = backend
+    out = disc(features, labels)
+    (out.logits * upstream).sum().backward()
+    grads = [features.grad] + [p.grad for p in disc.parameters()]
+    return out, grads
+
+
+def _compare_backends(disc, features, labels, backend="grouped"):
+    h, w = features.shape[-2:]
+    upstream = torch.randn(features.shape[0], 1, *disc.output_size(h, w), device=features.device)
+    ref, ref_grads = _run(disc, "reference", features, labels, upstream)
+    out, grads = _run(disc, backend, features, labels, upstream)
+    assert torch.equal(out.labels, ref.labels)
+    assert_close_scaled(out.logits, ref.logits, "logits")
+    names = ["features"] + [n for n, _ in disc.named_parameters()]
+    for name, g, g_ref in zip(names, grads, ref_grads):
+        assert g is not None and g_ref is not None, name
+        assert_close_scaled(g, g_ref, f"grad of {name}")
+    return ref
+
+
+GRID = list(itertools.product([1, 2], [1, 3, 19], STRIDES))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,C,strides", GRID)
+@pytest.mark.parametrize("size", [(7, 9, 15, 19), (5, 12, 40, 96)])  # (h, w, H, W): odd and non-divisible
+def test_grouped_matches_reference(device, B, C, strides, size):
+    h, w, H, W = size
+    torch.manual_seed(B * 100 + C)
+    disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
+    features = torch.randn(B, N, h, w, device=device)
+    labels = _labels("random", B, H, W, C, seed=C).to(device)
+    ref = _compare_backends(disc, features, labels)
+    assert ref.logits.shape == (B, 1, *disc.output_size(h, w))
+    assert (ref.labels != IGNORE).any() and (ref.logits != 0).any()  # the comparison is not between zeros
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["all_ignore", "class_absent", "street", "checkerboard"])
+@pytest.mark.parametrize("strides", STRIDES)
+def test_grouped_matches_reference_on_layouts(device, kind, strides):
+    torch.manual_seed(0)
+    C = 19 if kind in ("street", "checkerboard") else 3
+    disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
+    features = torch.randn(2, N, 12, 20, device=device)
+    labels = _labels(kind, 2, 96, 160, C, seed=5).to(device)
+    ref = _compare_backends(disc, features, labels)
+    if kind == "all_ignore":
+        assert (ref.labels == IGNORE).all() and (ref.logits == 0).all()
+    if kind == "class_absent":
+        assert not (ref.labels == 0).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_contiguous_features(device):
+    torch.manual_seed(1)
+    disc = SeparatedDiscriminator(3, N, CHANNELS).to(device)
+    features = torch.randn(2, 9, 7, N, device=device).permute(0, 3, 2, 1)  # (2, N, 7, 9), channels-last strides
+    assert not features.is_contiguous()
+    labels = _labels("random", 2, 14, 18, 3, seed=2).to(device)
+    ref = _compare_backends(disc, features, labels)
+    contiguous = disc(features.contiguous(), labels)
+    assert_close_scaled(contiguous.logits, ref.logits.detach(), "contiguous vs strided")
+
+
+def test_features_equal_label_resolution_and_one_pixel():
+    disc = SeparatedDiscriminator(2, N, CHANNELS)
+    _compare_backends(disc, torch.randn(1, N, 1, 1), torch.tensor([[[1]]]))
+    _compare_backends(disc, torch.randn(1, N, 3, 5), _labels("random", 1, 3, 5, 2, seed=4))
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped"])
+@pytest.mark.parametrize("strides", STRIDES)
+def test_gradcheck_float64(backend, strides):
+    torch.manual_seed(2)
+    disc = SeparatedDiscriminator(3, 2, (3, 2, 2, 2), strides, backend=backend).double()
+    features = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([[[0, 0, 1, 1, 2, 255, 2, 2],
+                            [0, 1, 1, 1, 2, 2, 2, 0],
+                            [255, 255, 0, 1, 2, 2, 1, 1],
+                            [0, 0, 0, 1, 1, 2, 2, 2],
+                            [1, 1, 0, 0, 2, 2, 1, 1],
+                            [1, 1, 0, 0, 2, 2, 255, 1]]])
+    names = [n for n, _ in disc.named_parameters()]
+    params = [p.detach().clone().requires_grad_(True) for p in disc.parameters()]
+
+    def fn(x, *ps):
+        return torch.func.functional_call(disc, dict(zip(names, ps)), (x, labels)).logits
+
+    assert torch.autograd.gradcheck(fn, (features, *params), eps=1e-6, atol=1e-7)
+
+
+def test_canonical_parameter_layout():
+    disc = SeparatedDiscriminator(19)
+    shapes = {k: tuple(v.shape) for k, v in disc.state_dict().items()}
+    assert shapes == {
+        "convs.0.weight": (19 * 1024, 2048, 1, 1), "convs.0.bias": (19 * 1024,),
+        "convs.1.weight": (19 * 512, 1024, 3, 3), "convs.1.bias": (19 * 512,),
+        "convs.2.weight": (19 * 256, 512, 3, 3), "convs.2.bias": (19 * 256,),
+        "convs.3.weight": (19 * 128, 256, 3, 3), "convs.3.bias": (19 * 128,),
+        "convs.4.weight": (19 * 1, 128, 3, 3), "convs.4.bias": (19,),
+    }
+    assert [c.stride for c in disc.convs] == [(1, 1), (2, 2), (2, 2), (2, 2), (2, 2)]
+    assert [c.groups for c in disc.convs] == [19] * 5
+    assert disc.output_size(65, 129) == (5, 9)
+
+
+def test_checkpoint_moves_between_backends():
+    torch.manual_seed(3)
+    a = SeparatedDiscriminator(3, N, CHANNELS, backend="reference")
+    b = SeparatedDiscriminator(3, N, CHANNELS, backend="grouped")
+    b.load_state_dict(a.state_dict())
+    features, labels = torch.randn(1, N, 6, 6), _labels("random", 1, 12, 12, 3, seed=1)
+    assert_close_scaled(b(features, labels).logits, a(features, labels).logits.detach(), "logits")
+
+
+def test_backend_selection():
+    disc = SeparatedDiscriminator(2, N, CHANNELS)
+    assert disc.backend == "auto"
+    assert disc.resolve_backend(torch.device("cpu")) in ("reference", "grouped")
+    disc.backend = "grouped"
+    assert disc.resolve_backend(torch.device("cpu")) == "grouped"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        disc.backend = "fast"
+    assert "backend='grouped'" in repr(disc)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_classes": 0}, r"num_classes must be in \[1, 255\]"),
+    ({"num_classes": 256}, r"num_classes must be in \[1, 255\]"),
+    ({"channels": (8, 8, 8)}, "widths of layers 1-4"),
+    ({"channels": (8, 0, 8, 8)}, "positive ints"),
+    ({"strides": (2, 2, 2, 2, 2)}, "strides must be 5 ints"),
+    ({"strides": (1, 3, 2, 2, 2)}, "strides must be 5 ints"),
+    ({"strides": (1, 2, 2, 2)}, "strides must be 5 ints"),
+    ({"backend": "cuda"}, "backend must be one of"),
+])
+def test_constructor_errors(kwargs, match):
+    args = {"num_classes": 3, "in_channels": N, "channels": CHANNELS, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SeparatedDiscriminator(**args)
+
+
+GOOD_F = (2, N, 4, 6)
+GOOD_L = (2, 8, 12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped"])
+@pytest.mark.parametrize("features,labels,error,match", [
+    (torch.randn(N, 4, 6), torch.zeros(GOOD_L, dtype=torch.long), ValueError, r"features must be \(B, n, h, w\)"),
+    (torch.randn(GOOD_F), torch.zeros(8, 12, dtype=torch.long), ValueError, r"labels must be \(B, H, W\)"),
+    (torch.randn(GOOD_F), torch.zeros(3, 8, 12, dtype=torch.long), ValueError, "same batch size, got 2 and 3"),
+    (torch.randn(GOOD_F), torch.full(GOOD_L, 7, dtype=torch.long), ValueError, r"labels must lie in \[0, 3\).*7"),
+    (torch.randn(GOOD_F), torch.full(GOOD_L, -1, dtype=torch.long), ValueError, r"labels must lie in .*-1"),
+    (torch.randn(2, N + 1, 4, 6), torch.zeros(GOOD_L, dtype=torch.long), ValueError, "in_channels=4"),
+    (torch.randn(GOOD_F), torch.zeros(2, 3, 12, dtype=torch.long), ValueError, "at least as large as the features"),
+    (torch.randn(GOOD_F), torch.zeros(2, 8, 5, dtype=torch.long), ValueError, "at least as large as the features"),
+    (torch.ones(GOOD_F, dtype=torch.int64), torch.zeros(GOOD_L, dtype=torch.long), TypeError, "floating-point"),
+    (torch.randn(GOOD_F), torch.zeros(GOOD_L), TypeError, "labels must be int64, got torch.float32"),
+    (torch.randn(0, N, 4, 6), torch.zeros(0, 8, 12, dtype=torch.long), ValueError, r"empty batch \(B = 0\)"),
+    (torch.randn(GOOD_F, dtype=torch.float64), torch.zeros(GOOD_L, dtype=torch.long), TypeError, "dtype torch.float64"),
+    (torch.randn(GOOD_F), torch.zeros(GOOD_L, dtype=torch.long, device="meta"), ValueError, "one device"),
+    ([[1.0]], torch.zeros(GOOD_L, dtype=torch.long), TypeError, "features must be a torch.Tensor"),
+])
+def test_forward_errors(backend, features, labels, error, match):
+    disc = SeparatedDiscriminator(3, N, CHANNELS, backend=backend)
+    with pytest.raises(error, match=match):
+        disc(features, labels)
