@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,9 +55,12 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 
 
 def _nvidia_wheel_includes() -> list[str]:
-    """Headers that torch's CUDA headers need but a bare toolkit may lack (cusparse.h, cublas_v2.h...):
-    the pip CUDA wheels ship them under site-packages/nvidia/*/include."""
-    dirs = []
+    """Headers that torch's CUDA headers need but a bare toolkit may lack (cusparse.h): the pip CUDA wheels ship
+    them under site-packages/nvidia/*/include. Searched after the toolkit's own headers (-idirafter), and only
+    when the toolkit lacks them, so that the wheel's copies of the runtime headers never shadow nvcc's."""
+    if _CUDA_HOME is None or (Path(_CUDA_HOME) / "include" / "cusparse.h").exists():
+        return []
+    dirs: list[str] = []
     for site in sys.path:
         for inc in sorted(glob.glob(os.path.join(site, "nvidia", "*", "include"))):
             if os.path.exists(os.path.join(inc, "cusparse.h")) and inc not in dirs:
@@ -63,15 +68,32 @@ def _nvidia_wheel_includes() -> list[str]:
     return dirs
 
 
+def _toolkit_version() -> str | None:
+    """The release of the toolkit's nvcc ("13.0"), or None when it cannot be run."""
+    try:
+        out = subprocess.run([str(Path(_CUDA_HOME) / "bin" / "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"release (\d+\.\d+)", out)
+    return match.group(1) if match else None
+
+
 def _want_cuda() -> tuple[bool, str]:
     if _flag("SSFDAN_CPU_ONLY"):
         return False, "SSFDAN_CPU_ONLY=1"
+    toolkit = _toolkit_version() if _CUDA_HOME else None
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} is not a CUDA build"
     elif _CUDA_HOME is None:
         reason = "no CUDA toolkit (nvcc and include/cuda_runtime.h) found; set CUDA_HOME"
+    elif toolkit is None:
+        reason = f"{_CUDA_HOME}/bin/nvcc --version failed"
+    elif toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        # torch refuses to compile across CUDA major versions; the CPU kernels still build.
+        reason = f"nvcc {toolkit} in {_CUDA_HOME} does not match torch's CUDA {torch.version.cuda}"
     else:
-        return True, f"torch CUDA {torch.version.cuda}, toolkit {_CUDA_HOME}"
+        return True, f"torch CUDA {torch.version.cuda}, nvcc {toolkit} in {_CUDA_HOME}"
     if _flag("SSFDAN_FORCE_CUDA"):
         raise RuntimeError(f"SSFDAN_FORCE_CUDA=1 but the CUDA sources cannot be built: {reason}")
     return False, reason
@@ -91,10 +113,10 @@ def _extension():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
     archs = os.environ.get("TORCH_CUDA_ARCH_LIST", "detected")
     cxx += ["-DSSFDAN_WITH_CUDA", f'-DSSFDAN_CUDA_ARCHS="{archs}"']
+    for inc in _nvidia_wheel_includes():
+        cxx += ["-idirafter", inc]
     nvcc = ["-O3", "-std=c++20", "-lineinfo"]
-    return CUDAExtension("ssfdan_ext._C", cpu_sources + cuda_sources,
-                         include_dirs=_nvidia_wheel_includes(),
-                         extra_compile_args={"cxx": cxx, "nvcc": nvcc})
+    return CUDAExtension("ssfdan_ext._C", cpu_sources + cuda_sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc})
 
 
 setup(

@@ -35,6 +35,7 @@ def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warm
         synchronize(device)
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1e3)
+        arg = None  # release this repeat's inputs (e.g. an autograd graph) before the next setup runs
     return statistics.median(times)
 
 

@@ -81,7 +81,8 @@ def measure(provider: str, mode: str, preset_name: str, layout: str, device: tor
     with PeakMemory(device) as peak:
         ms = median_ms(fn, device, repeats, warmup, setup)
     return {"preset": preset_name, "layout": layout, "device": device.type, "provider": provider, "mode": mode,
-            "median_ms": round(ms, 3), "peak_mb": round(peak.mb, 1)}
+            "median_ms": round(ms, 3), "peak_mb": round(peak.mb, 1), "repeats": repeats, "warmup": warmup,
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--layout", choices=("street", "checkerboard"), default="street")
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -25,7 +25,7 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.lo
 }
 
 cd "$ROOT"
-step env 30 bash -c "nvidia-smi; $PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name())'"
+step env 60 bash -c "nvidia-smi; $PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__, torch.cuda.get_device_name())'; $PY -m pip list 2>/dev/null | grep -i -E '^(setuptools|wheel|ninja|pybind11|pytest|pytest-benchmark|matplotlib) '"
 step build 240 $PY -m pip install --no-build-isolation --no-deps -v . || { echo "build failed"; exit 1; }
 # Run from outside the source tree so that the installed package (with its _C) is the one imported.
 cd /tmp

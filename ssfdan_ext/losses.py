@@ -1,11 +1,12 @@
 """Adversarial losses of SSF-DAN with CA-R weighting (SPEC sections 4 and 5)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from . import reference
-from ._checks import check_tensor
-from .types import DiscriminatorOutput
+from ._checks import MAX_CLASSES, check_floating, check_same_device, check_tensor
+from .types import IGNORE, DiscriminatorOutput
 
 
 def _check_output(output: object, name: str) -> DiscriminatorOutput:
@@ -14,23 +15,31 @@ def _check_output(output: object, name: str) -> DiscriminatorOutput:
     logits, labels = output
     check_tensor(logits, f"{name}.logits", 4, "(B, 1, h', w')")
     check_tensor(labels, f"{name}.labels", 3, "(B, h', w')")
+    check_floating(logits, f"{name}.logits")
+    if labels.dtype != torch.int64:
+        raise TypeError(f"{name}.labels must be int64, got {labels.dtype}")
     if logits.shape[1] != 1 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
         raise ValueError(f"{name}.logits {tuple(logits.shape)} must be (B, 1, h', w') for labels "
                          f"{tuple(labels.shape)}")
+    check_same_device(**{f"{name}.logits": logits, f"{name}.labels": labels})
     return DiscriminatorOutput(logits, labels)
 
 
-def _check_tau(tau: Tensor | None, output: DiscriminatorOutput) -> None:
-    if tau is None:
-        return
-    check_tensor(tau, "tau", 2, "(B, C)")
-    if tau.shape[0] != output.logits.shape[0]:
-        raise ValueError(f"tau must have one row per image ({output.logits.shape[0]}), got {tuple(tau.shape)}")
-    if tau.device != output.labels.device:
-        raise ValueError(f"tau is on {tau.device} but the discriminator output on {output.labels.device}")
-    labelled = output.labels[output.labels != 255]
-    if labelled.numel() and int(labelled.max()) >= tau.shape[1]:
-        raise ValueError(f"tau has {tau.shape[1]} classes but the output labels reach class {int(labelled.max())}")
+def _check_labels_and_tau(output: DiscriminatorOutput, name: str, tau: Tensor | None) -> None:
+    """Labels in [0, C) or IGNORE, with C = tau's width (or 255 without tau), before any gather runs."""
+    if tau is not None:
+        check_tensor(tau, "tau", 2, "(B, C)")
+        check_floating(tau, "tau")
+        if tau.shape[0] != output.logits.shape[0]:
+            raise ValueError(f"tau must have one row per image ({output.logits.shape[0]}), got {tuple(tau.shape)}")
+        check_same_device(tau=tau, **{f"{name}.labels": output.labels})
+    num_classes = tau.shape[1] if tau is not None else MAX_CLASSES
+    labels = output.labels
+    bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE))
+    if bool(bad.any()):
+        found = int(labels[bad][0])
+        what = f"tau's {num_classes} classes" if tau is not None else f"[0, {MAX_CLASSES})"
+        raise ValueError(f"{name}.labels must lie in {what} or equal {IGNORE} (IGNORE), found {found}")
 
 
 def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = None) -> Tensor:
@@ -42,7 +51,7 @@ def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = No
     Shapes: target_output.logits (B, 1, h', w'), target_output.labels (B, h', w'), tau (B, C) -> scalar.
     """
     target_output = _check_output(target_output, "target_output")
-    _check_tau(tau, target_output)
+    _check_labels_and_tau(target_output, "target_output", tau)
     return reference.adversarial_loss(target_output, tau)
 
 
@@ -59,6 +68,7 @@ def discriminator_loss(source_output: DiscriminatorOutput, target_output: Discri
     if source_output.logits.shape[0] != target_output.logits.shape[0]:
         raise ValueError(f"source_output and target_output must have the same batch size, got "
                          f"{source_output.logits.shape[0]} and {target_output.logits.shape[0]}")
-    _check_tau(tau, source_output)
-    _check_tau(tau, target_output)
+    check_same_device(source_output=source_output.logits, target_output=target_output.logits)
+    _check_labels_and_tau(source_output, "source_output", tau)
+    _check_labels_and_tau(target_output, "target_output", tau)
     return reference.discriminator_loss(source_output, target_output, tau)

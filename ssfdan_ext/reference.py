@@ -79,7 +79,8 @@ def confidence_select(logits: Tensor, rho: float) -> Selection:
     check_floating(logits, "logits")
     check_num_classes(logits.shape[1], "logits.shape[1] (number of classes)")
     rho = check_rho(rho)
-    check_finite(logits, "logits")
+    logits = logits.float()
+    check_finite(logits, "logits")  # after the cast: float64 logits beyond float32's range become inf
     B, C = logits.shape[:2]
     confidence, label = softmax_confidence(logits)
     thr = class_thresholds(confidence, label, rho, C)

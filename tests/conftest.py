@@ -11,6 +11,11 @@ def _cuda_ready() -> bool:
     return torch.cuda.is_available() and ssfdan_ext.has_cuda_kernels()
 
 
+# The SPEC's float32 tolerances assume float32 arithmetic: TF32 convolutions and matmuls (on by default for cuDNN
+# on Ampere and newer) round differently in each backend and would exceed them.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
 CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not _cuda_ready(),
                                                                           reason="needs a GPU and the CUDA kernels")])
 DEVICES = ["cpu", CUDA]

@@ -22,8 +22,8 @@ at::Tensor mode_downsample_cpu(const at::Tensor& labels_in, int64_t out_h, int64
 
   const int64_t* in = labels.data_ptr<int64_t>();
   int64_t* dst = out.data_ptr<int64_t>();
-  // A bad label is reported after the parallel loop: throwing inside at::parallel_for workers is allowed,
-  // but recording the first offending value gives a deterministic message.
+  // A bad label is recorded by the workers (one offending value, whichever thread stored last) and reported
+  // after the parallel loop, so that every worker finishes its rows before the error is raised.
   std::atomic<int64_t> bad_value{kIgnoreLabel};
   std::atomic<bool> bad{false};
 

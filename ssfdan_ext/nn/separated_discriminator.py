@@ -14,8 +14,8 @@ from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped")
-# What "auto" runs. The per-class loop wins on the CPU (benchmarks/bench_ssd.py, CPU preset: about 0.6 s
-# against 1.1 s for fwd+bwd) and never materialises the C-times larger separated input (B, C*n, h, w) that the
+# What "auto" runs. The per-class loop wins on the CPU (benchmarks/bench_ssd.py, CPU preset: about 0.63 s
+# against 1.24 s for fwd+bwd) and never materialises the C-times larger separated input (B, C*n, h, w) that the
 # grouped convolution needs (1.3 GB per image at paper scale), so it is the default on every device.
 _AUTO_BACKEND = "reference"
 

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_num_classes, check_size, check_tensor
-from .._ext import has_compiled_ops, require_compiled
+from .._ext import build_info, has_compiled_ops, has_cuda_kernels, require_compiled
 
 
 def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
@@ -24,6 +24,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
         TypeError: labels is not an int64 tensor, or size is not a pair of ints.
         ValueError: wrong rank, size out of range, num_classes outside [1, 255], or a label outside
             [0, num_classes) ∪ {255}.
+        RuntimeError: the compiled extension (or its CUDA kernels, for CUDA labels) is missing.
     """
     labels = check_tensor(labels, "labels", 3, "(B, H, W)")
     if labels.dtype != torch.int64:
@@ -33,6 +34,9 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     if h > labels.shape[1] or w > labels.shape[2]:
         raise ValueError(f"size {(h, w)} must not exceed the label size {tuple(labels.shape[1:])}")
     require_compiled("mode_downsample")
+    if labels.is_cuda and not has_cuda_kernels():
+        raise RuntimeError("mode_downsample got CUDA labels, but ssfdan_ext was built without its CUDA kernels "
+                           f"({build_info()}); rebuild with nvcc available (SSFDAN_FORCE_CUDA=1 says why not)")
     # The kernels validate the label values while they read them (no extra pass, no extra host sync).
     return torch.ops.ssfdan_ext.mode_downsample(labels, h, w, num_classes)
 
