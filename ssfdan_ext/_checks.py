@@ -46,7 +46,8 @@ def check_labels(labels: object, name: str, num_classes: int) -> Tensor:
     return labels
 
 
-def check_size(size: object, name: str = "size") -> tuple[int, int]:
+def check_size(size: object, labels: Tensor, name: str = "size") -> tuple[int, int]:
+    """A positive (h, w) no larger than the (B, H, W) labels it downsamples."""
     if not isinstance(size, Sequence) or len(size) != 2 or not all(
         isinstance(s, int) and not isinstance(s, bool) for s in size
     ):
@@ -54,6 +55,8 @@ def check_size(size: object, name: str = "size") -> tuple[int, int]:
     h, w = size
     if h < 1 or w < 1:
         raise ValueError(f"{name} must be positive, got {(h, w)}")
+    if h > labels.shape[1] or w > labels.shape[2]:
+        raise ValueError(f"{name} {(h, w)} must not exceed the label size {tuple(labels.shape[1:])}")
     return h, w
 
 

@@ -1,12 +1,11 @@
 """Adversarial losses of SSF-DAN with CA-R weighting (SPEC sections 4 and 5)."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from . import reference
-from ._checks import MAX_CLASSES, check_floating, check_same_device, check_tensor
-from .types import IGNORE, DiscriminatorOutput
+from ._checks import MAX_CLASSES, check_floating, check_labels, check_same_device, check_tensor
+from .types import DiscriminatorOutput
 
 
 def _check_output(output: object, name: str) -> DiscriminatorOutput:
@@ -16,8 +15,6 @@ def _check_output(output: object, name: str) -> DiscriminatorOutput:
     check_tensor(logits, f"{name}.logits", 4, "(B, 1, h', w')")
     check_tensor(labels, f"{name}.labels", 3, "(B, h', w')")
     check_floating(logits, f"{name}.logits")
-    if labels.dtype != torch.int64:
-        raise TypeError(f"{name}.labels must be int64, got {labels.dtype}")
     if logits.shape[1] != 1 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
         raise ValueError(f"{name}.logits {tuple(logits.shape)} must be (B, 1, h', w') for labels "
                          f"{tuple(labels.shape)}")
@@ -26,20 +23,14 @@ def _check_output(output: object, name: str) -> DiscriminatorOutput:
 
 
 def _check_labels_and_tau(output: DiscriminatorOutput, name: str, tau: Tensor | None) -> None:
-    """Labels in [0, C) or IGNORE, with C = tau's width (or 255 without tau), before any gather runs."""
+    """int64 labels in [0, C) or IGNORE, with C = tau's width (or 255 without tau), before any gather runs."""
     if tau is not None:
         check_tensor(tau, "tau", 2, "(B, C)")
         check_floating(tau, "tau")
         if tau.shape[0] != output.logits.shape[0]:
             raise ValueError(f"tau must have one row per image ({output.logits.shape[0]}), got {tuple(tau.shape)}")
         check_same_device(tau=tau, **{f"{name}.labels": output.labels})
-    num_classes = tau.shape[1] if tau is not None else MAX_CLASSES
-    labels = output.labels
-    bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE))
-    if bool(bad.any()):
-        found = int(labels[bad][0])
-        what = f"tau's {num_classes} classes" if tau is not None else f"[0, {MAX_CLASSES})"
-        raise ValueError(f"{name}.labels must lie in {what} or equal {IGNORE} (IGNORE), found {found}")
+    check_labels(output.labels, f"{name}.labels", tau.shape[1] if tau is not None else MAX_CLASSES)
 
 
 def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = None) -> Tensor:

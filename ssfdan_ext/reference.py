@@ -110,9 +110,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     """
     num_classes = check_num_classes(num_classes)
     labels = check_labels(labels, "labels", num_classes)
-    h, w = check_size(size)
-    if h > labels.shape[1] or w > labels.shape[2]:
-        raise ValueError(f"size {(h, w)} must not exceed the label size {tuple(labels.shape[1:])}")
+    h, w = check_size(size, labels)
     out = torch.full((labels.shape[0], h, w), IGNORE, dtype=torch.int64, device=labels.device)
     best = torch.zeros(out.shape, dtype=torch.float64, device=labels.device)
     for c in range(num_classes):

@@ -30,9 +30,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64, got {labels.dtype}")
     num_classes = check_num_classes(num_classes)
-    h, w = check_size(size)
-    if h > labels.shape[1] or w > labels.shape[2]:
-        raise ValueError(f"size {(h, w)} must not exceed the label size {tuple(labels.shape[1:])}")
+    h, w = check_size(size, labels)
     require_compiled("mode_downsample")
     if labels.is_cuda and not has_cuda_kernels():
         raise RuntimeError("mode_downsample got CUDA labels, but ssfdan_ext was built without its CUDA kernels "
