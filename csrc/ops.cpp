@@ -5,4 +5,12 @@
 TORCH_LIBRARY(ssfdan_ext, m) {
   // SPEC section 2: per-bin mode of a label map, IGNORE (255) pixels not counted, ties to the lowest class.
   m.def("mode_downsample(Tensor labels, int out_h, int out_w, int num_classes) -> Tensor");
+  // SPEC section 3, separation + layer 1: cells sorted by class (IGNORE last) -> (rows (B*h*w, m) holding
+  // W1_c F(p) + b1_c for class cells and 0 for IGNORE cells, order (B*h*w,) cell index of each row,
+  // offsets (C+1,) first row of each class; offsets[C] = number of class cells).
+  m.def("routed_conv1x1_forward(Tensor features, Tensor labels, Tensor weight, Tensor bias, int num_classes)"
+        " -> (Tensor, Tensor, Tensor)");
+  // Gradients of the rows' features, weight and bias (class cells only; output_mask skips unneeded ones).
+  m.def("routed_conv1x1_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor order, Tensor offsets,"
+        " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

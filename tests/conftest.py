@@ -1,10 +1,17 @@
 """Shared test settings: devices, tolerances and comparison helpers."""
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-import ssfdan_ext
+# Triton decides when it is imported whether its kernels run compiled or in its interpreter. The suite runs them
+# interpreted (on CPU tensors) unless told otherwise: benchmarks/gpu_check.sh sets TRITON_INTERPRET=0 so that the
+# CUDA tests exercise the compiled kernels.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import ssfdan_ext  # noqa: E402
 
 
 def _cuda_ready() -> bool:

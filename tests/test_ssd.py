@@ -60,55 +60,62 @@ def _compare_backends(disc, features, labels, backend="grouped"):
 GRID = list(itertools.product([1, 2], [1, 3, 19], STRIDES))
 
 
+BACKENDS = ["grouped", "fused"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B,C,strides", GRID)
 @pytest.mark.parametrize("size", [(7, 9, 15, 19), (5, 12, 40, 96)])  # (h, w, H, W): odd and non-divisible
-def test_grouped_matches_reference(device, B, C, strides, size):
+def test_backend_matches_reference(backend, device, B, C, strides, size):
     h, w, H, W = size
     torch.manual_seed(B * 100 + C)
     disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
     features = torch.randn(B, N, h, w, device=device)
     labels = _labels("random", B, H, W, C, seed=C).to(device)
-    ref = _compare_backends(disc, features, labels)
+    ref = _compare_backends(disc, features, labels, backend)
     assert ref.logits.shape == (B, 1, *disc.output_size(h, w))
     assert (ref.labels != IGNORE).any() and (ref.logits != 0).any()  # the comparison is not between zeros
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["all_ignore", "class_absent", "street", "checkerboard"])
 @pytest.mark.parametrize("strides", STRIDES)
-def test_grouped_matches_reference_on_layouts(device, kind, strides):
+def test_backend_matches_reference_on_layouts(backend, device, kind, strides):
     torch.manual_seed(0)
     C = 19 if kind in ("street", "checkerboard") else 3
     disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
     features = torch.randn(2, N, 12, 20, device=device)
     labels = _labels(kind, 2, 96, 160, C, seed=5).to(device)
-    ref = _compare_backends(disc, features, labels)
+    ref = _compare_backends(disc, features, labels, backend)
     if kind == "all_ignore":
         assert (ref.labels == IGNORE).all() and (ref.logits == 0).all()
     if kind == "class_absent":
         assert not (ref.labels == 0).any()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_non_contiguous_features(device):
+def test_non_contiguous_features(backend, device):
     torch.manual_seed(1)
     disc = SeparatedDiscriminator(3, N, CHANNELS).to(device)
     features = torch.randn(2, 9, 7, N, device=device).permute(0, 3, 2, 1)  # (2, N, 7, 9), channels-last strides
     assert not features.is_contiguous()
     labels = _labels("random", 2, 14, 18, 3, seed=2).to(device)
-    ref = _compare_backends(disc, features, labels)
+    ref = _compare_backends(disc, features, labels, backend)
     contiguous = disc(features.contiguous(), labels)
     assert_close_scaled(contiguous.logits, ref.logits.detach(), "contiguous vs strided")
 
 
-def test_features_equal_label_resolution_and_one_pixel():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_features_equal_label_resolution_and_one_pixel(backend):
     disc = SeparatedDiscriminator(2, N, CHANNELS)
-    _compare_backends(disc, torch.randn(1, N, 1, 1), torch.tensor([[[1]]]))
-    _compare_backends(disc, torch.randn(1, N, 3, 5), _labels("random", 1, 3, 5, 2, seed=4))
+    _compare_backends(disc, torch.randn(1, N, 1, 1), torch.tensor([[[1]]]), backend)
+    _compare_backends(disc, torch.randn(1, N, 3, 5), _labels("random", 1, 3, 5, 2, seed=4), backend)
 
 
-@pytest.mark.parametrize("backend", ["reference", "grouped"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("strides", STRIDES)
 def test_gradcheck_float64(backend, strides):
     torch.manual_seed(2)
@@ -144,10 +151,11 @@ def test_canonical_parameter_layout():
     assert disc.output_size(65, 129) == (5, 9)
 
 
-def test_checkpoint_moves_between_backends():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_checkpoint_moves_between_backends(backend):
     torch.manual_seed(3)
     a = SeparatedDiscriminator(3, N, CHANNELS, backend="reference")
-    b = SeparatedDiscriminator(3, N, CHANNELS, backend="grouped")
+    b = SeparatedDiscriminator(3, N, CHANNELS, backend=backend)
     b.load_state_dict(a.state_dict())
     features, labels = torch.randn(1, N, 6, 6), _labels("random", 1, 12, 12, 3, seed=1)
     assert_close_scaled(b(features, labels).logits, a(features, labels).logits.detach(), "logits")
@@ -184,7 +192,7 @@ GOOD_F = (2, N, 4, 6)
 GOOD_L = (2, 8, 12)
 
 
-@pytest.mark.parametrize("backend", ["reference", "grouped"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
 @pytest.mark.parametrize("features,labels,error,match", [
     (torch.randn(N, 4, 6), torch.zeros(GOOD_L, dtype=torch.long), ValueError, r"features must be \(B, n, h, w\)"),
     (torch.randn(GOOD_F), torch.zeros(8, 12, dtype=torch.long), ValueError, r"labels must be \(B, H, W\)"),

@@ -11,9 +11,10 @@ from .. import reference
 from .._checks import check_batch, check_floating, check_num_classes, check_same_device, check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
+from ..ops.routed_conv1x1 import routed_layer1_dense
 from ..types import IGNORE, DiscriminatorOutput
 
-BACKENDS = ("auto", "reference", "grouped")
+BACKENDS = ("auto", "reference", "grouped", "fused")
 # What "auto" runs. The per-class loop wins on the CPU (benchmarks/bench_ssd.py, CPU preset: about 0.63 s
 # against 1.24 s for fwd+bwd) and never materialises the C-times larger separated input (B, C*n, h, w) that the
 # grouped convolution needs (1.3 GB per image at paper scale), so it is the default on every device.
@@ -42,8 +43,9 @@ class SeparatedDiscriminator(nn.Module):
         strides: strides of the five layers; layer 1 (1x1) must have stride 1, layers 2-5 stride 1 or 2.
         negative_slope: LeakyReLU slope.
         backend: ``"reference"`` (one conv stack per class, a loop), ``"grouped"`` (the separated tensor
-            (B, C*n, h, w) through five grouped convolutions) or ``"auto"`` (the fastest available; today
-            ``"reference"``). All backends compute the same function.
+            (B, C*n, h, w) through five grouped convolutions), ``"fused"`` (separation + layer 1 as a routed GEMM
+            on the compiled CPU kernel or the Triton GPU kernels, layers 2-5 grouped) or ``"auto"`` (the fastest
+            available; today ``"reference"``). All backends compute the same function.
 
     Shapes:
         features: (B, n, h, w) floating point, same dtype and device as the parameters.
@@ -113,18 +115,28 @@ class SeparatedDiscriminator(nn.Module):
             biases = [conv.bias for conv in self.convs]
             return reference.ssd_forward(features, labels, weights, biases, self.strides, self.num_classes,
                                          self.negative_slope)
-        return self._grouped(features, labels)
-
-    def _grouped(self, features: Tensor, labels: Tensor) -> DiscriminatorOutput:
         B, n, h, w = features.shape
         C = self.num_classes
         lf = _mode_downsample(labels, (h, w), C)
         lo = _mode_downsample(labels, self.output_size(h, w), C)
+        if backend == "fused":
+            # Separation + layer 1 as the routed GEMM; layers 2-5 still run as grouped convolutions.
+            weight, bias = self.convs[0].weight, self.convs[0].bias
+            if torch.is_autocast_enabled(features.device.type):
+                # A custom autograd op is not autocast: run it in the dtype autocast would give the convolution.
+                dtype = torch.get_autocast_dtype(features.device.type)
+                features, weight, bias = features.to(dtype), weight.to(dtype), bias.to(dtype)
+            x = routed_layer1_dense(features, lf, weight, bias, C)
+            return self._grouped_layers(F.leaky_relu(x, self.negative_slope), lo, first=1)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1)
         masks = (lf.unsqueeze(1) == classes).to(features.dtype)
         x = (masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)
-        for layer, conv in enumerate(self.convs):
-            x = conv(x)
+        return self._grouped_layers(x, lo, first=0)
+
+    def _grouped_layers(self, x: Tensor, lo: Tensor, first: int) -> DiscriminatorOutput:
+        """Layers ``first``..5 as grouped convolutions on the grouped layout, then the per-cell class pick."""
+        for layer in range(first, len(self.convs)):
+            x = self.convs[layer](x)
             if layer < len(self.convs) - 1:
                 x = F.leaky_relu(x, self.negative_slope)
         labelled = (lo != IGNORE).unsqueeze(1)

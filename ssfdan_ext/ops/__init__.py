@@ -1,5 +1,6 @@
 """Public functional ops: argument checks, backend choice, autograd and fake-tensor registration."""
 from .confidence_select import confidence_select
 from .mode_downsample import mode_downsample
+from .routed_conv1x1 import RoutedRows, routed_conv1x1, routed_layer1_dense
 
-__all__ = ["confidence_select", "mode_downsample"]
+__all__ = ["RoutedRows", "confidence_select", "mode_downsample", "routed_conv1x1", "routed_layer1_dense"]

@@ -1,0 +1,211 @@
+"""routed_conv1x1: semantic separation + the first SS-D layer (SPEC section 3, steps 2-3) as a top-1 routed GEMM.
+
+The first SS-D layer is 1x1, and the separated input of class c is zero outside class c's cells, so class c's
+pre-activation is ``W1_c F(p) + b1_c`` at its own cells and the constant ``b1_c`` at every other cell. Each cell
+therefore needs one product, with its own class's weight: a Mixture-of-Experts style top-1 routing with classes
+as experts and cells as tokens. CUDA tensors run the Triton kernels of :mod:`ssfdan_ext.triton.routed_conv1x1`;
+CPU tensors run the ATen implementation compiled into ``ssfdan_ext._C`` (one GEMM per non-empty class).
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._checks import check_batch, check_floating, check_labels, check_num_classes, check_same_device, check_tensor
+from .._ext import has_compiled_ops, require_compiled
+
+IMPLEMENTATIONS = ("auto", "aten", "triton")
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class RoutedRows(NamedTuple):
+    """Layer-1 pre-activations of the class cells, sorted by class.
+
+    Shapes (N = B*h*w cells, m = layer-1 width per class):
+        rows: (N, m); row r holds ``W1_c F(cell) + b1_c`` for the cell ``order[r]`` of class c; the rows
+            ``[offsets[C], N)`` belong to IGNORE cells and hold 0.
+        order: (N,) int64, the flat cell index ``b*h*w + y*w + x`` of each row (raster order inside a class).
+        offsets: (C+1,) int64; class c owns rows ``[offsets[c], offsets[c+1])``.
+    """
+
+    rows: Tensor
+    order: Tensor
+    offsets: Tensor
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton imports (it ships with CUDA builds of torch); the GPU path needs it."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _use_triton(features: Tensor, impl: str) -> bool:
+    if impl == "triton":
+        return True
+    return impl == "auto" and features.is_cuda and features.dtype in _TRITON_DTYPES and triton_available()
+
+
+def _kernels():
+    from ..triton import routed_conv1x1 as kernels  # lazy: a CPU-only install need not import Triton
+
+    return kernels
+
+
+def _forward(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str):
+    if _use_triton(features, impl):
+        return _kernels().routed_conv1x1_forward(features, labels, weight, bias, num_classes)
+    require_compiled("routed_conv1x1")
+    return torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, num_classes)
+
+
+def _backward(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor, offsets: Tensor,
+              mask: list[bool], impl: str):
+    if _use_triton(features, impl):
+        return _kernels().routed_conv1x1_backward(grad_rows, features, weight, order, offsets, mask)
+    return torch.ops.ssfdan_ext.routed_conv1x1_backward(grad_rows, features, weight, order, offsets, mask)
+
+
+class _RoutedConv1x1(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, features, labels, weight, bias, num_classes, impl):
+        rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
+        ctx.save_for_backward(features, weight, order, offsets)
+        ctx.impl = impl
+        ctx.mark_non_differentiable(order, offsets)
+        return rows, order, offsets
+
+    @staticmethod
+    def backward(ctx, grad_rows, _grad_order, _grad_offsets):
+        features, weight, order, offsets = ctx.saved_tensors
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
+        grads = _backward(grad_rows, features, weight, order, offsets, mask, ctx.impl)
+        return grads[0], None, grads[1], grads[2], None, None
+
+
+def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str) -> int:
+    check_tensor(features, "features", 4, "(B, n, h, w)")
+    check_floating(features, "features")
+    num_classes = check_num_classes(num_classes)
+    check_labels(labels, "labels", num_classes)
+    check_batch(features, "features", labels, "labels")
+    check_same_device(features=features, labels=labels, weight=weight, bias=bias)
+    if labels.shape[1:] != features.shape[2:]:
+        raise ValueError(f"labels must be (B, h, w) at the feature resolution {tuple(features.shape[2:])}, got "
+                         f"shape {tuple(labels.shape)}")
+    n = features.shape[1]
+    if weight.dim() != 4 or weight.shape[1:] != (n, 1, 1) or weight.shape[0] % num_classes:
+        raise ValueError(f"weight must be (C*m, n, 1, 1) with C = {num_classes}, n = {n}, got shape "
+                         f"{tuple(weight.shape)}")
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"bias must be ({weight.shape[0]},), got shape {tuple(bias.shape)}")
+    if weight.dtype != features.dtype or bias.dtype != features.dtype:
+        raise TypeError(f"weight ({weight.dtype}) and bias ({bias.dtype}) must have the features dtype "
+                        f"{features.dtype}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    return num_classes
+
+
+def routed_conv1x1(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int,
+                   impl: str = "auto") -> RoutedRows:
+    """Separate ``features`` by class and apply each class's 1x1 convolution, computing only the class cells.
+
+    Equivalent to the first layer of every class stack of :class:`~ssfdan_ext.SeparatedDiscriminator` applied to
+    its separated input: class c's output is ``rows[r]`` at the cell ``order[r]`` of each of its rows and
+    ``bias[c*m:(c+1)*m]`` at every other cell. Differentiable in ``features``, ``weight`` and ``bias``; IGNORE
+    cells get no feature gradient.
+
+    Args:
+        impl: ``"auto"`` (Triton on CUDA for float32/float16/bfloat16, the compiled ATen kernel otherwise),
+            ``"aten"`` or ``"triton"`` (also on CPU tensors under ``TRITON_INTERPRET=1``).
+
+    Shapes:
+        features: (B, n, h, w) floating point.
+        labels: (B, h, w) int64, the feature-resolution classes in [0, C) or 255 (IGNORE).
+        weight: (C*m, n, 1, 1), canonical layout (class c owns rows [c*m, (c+1)*m)); bias: (C*m,).
+        returns: :class:`RoutedRows` with rows (B*h*w, m), order (B*h*w,) and offsets (C+1,).
+    """
+    num_classes = _check(features, labels, weight, bias, num_classes, impl)
+    return RoutedRows(*_RoutedConv1x1.apply(features, labels, weight, bias, num_classes, impl))
+
+
+class _DenseLayer1(torch.autograd.Function):
+    """Scatter the routed rows into the dense (B, C*m, h, w) layer-1 pre-activation, every other cell holding the
+    class's bias. The bias gradient is then the sum of the dense gradient over all cells (class cells included,
+    since their rows contain the bias too); the features and weight gradients come from the routed backward."""
+
+    @staticmethod
+    def forward(ctx, features, labels, weight, bias, num_classes, impl):
+        rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
+        B, _, h, w = features.shape
+        C, m = num_classes, rows.shape[1]
+        cell_b, cell_class, cell_p, ignored = _row_targets(order, offsets, h * w)
+        dense = torch.empty((B, C, m, h * w), dtype=rows.dtype, device=rows.device)
+        dense.copy_(bias.view(1, C, m, 1).expand_as(dense))
+        # An IGNORE cell's row lands on the last class, whose value there is its bias (the cell is not of that
+        # class): every cell is written once and no host read of offsets[C] is needed to drop the IGNORE rows.
+        dense[cell_b, cell_class, :, cell_p] = torch.where(ignored.unsqueeze(1), bias[(C - 1) * m:], rows)
+        ctx.save_for_backward(features, weight, order, offsets)
+        ctx.num_classes, ctx.impl = num_classes, impl
+        return dense.view(B, C * m, h, w)
+
+    @staticmethod
+    def backward(ctx, grad_dense):
+        features, weight, order, offsets = ctx.saved_tensors
+        B, _, h, w = features.shape
+        C = ctx.num_classes
+        m = grad_dense.shape[1] // C
+        grad = grad_dense.reshape(B, C, m, h * w)
+        grad_bias = grad.sum((0, 3)).reshape(C * m) if ctx.needs_input_grad[3] else None
+        grad_features = grad_weight = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
+            cell_b, cell_class, cell_p, ignored = _row_targets(order, offsets, h * w)
+            grad_rows = grad[cell_b, cell_class, :, cell_p].masked_fill_(ignored.unsqueeze(1), 0)
+            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], False]
+            grad_features, grad_weight, _ = _backward(grad_rows, features, weight, order, offsets, mask, ctx.impl)
+        return grad_features, None, grad_weight, grad_bias, None, None
+
+
+def _row_targets(order: Tensor, offsets: Tensor, hw: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(image, class, cell) of each sorted row in the dense layout, IGNORE rows sent to the last class, and the
+    IGNORE mask; computed on the device from the bucket offsets."""
+    C = offsets.numel() - 1
+    row_class = torch.searchsorted(offsets[1:], torch.arange(order.numel(), device=order.device), right=True)
+    return order // hw, row_class.clamp(max=C - 1), order % hw, row_class == C
+
+
+def routed_layer1_dense(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int,
+                        impl: str = "auto") -> Tensor:
+    """The first SS-D layer's pre-activation in the grouped layout, computed by the routed GEMM.
+
+    Equals ``conv2d(separated, weight, bias, groups=C)`` on the separated input (B, C*n, h, w) without ever
+    building it (C times fewer FLOPs, and no C*n-channel tensor).
+
+    Shapes:
+        features (B, n, h, w), labels (B, h, w), weight (C*m, n, 1, 1), bias (C*m,) -> (B, C*m, h, w).
+    """
+    num_classes = _check(features, labels, weight, bias, num_classes, impl)
+    return _DenseLayer1.apply(features, labels, weight, bias, num_classes, impl)
+
+
+if has_compiled_ops():
+
+    @torch.library.register_fake("ssfdan_ext::routed_conv1x1_forward")
+    def _(features, labels, weight, bias, num_classes):
+        N = labels.numel()
+        m = weight.shape[0] // num_classes
+        order = labels.new_empty((N,))
+        return features.new_empty((N, m)), order, labels.new_empty((num_classes + 1,))
+
+    @torch.library.register_fake("ssfdan_ext::routed_conv1x1_backward")
+    def _(grad_rows, features, weight, order, offsets, output_mask):
+        return (features.new_empty(features.shape) if output_mask[0] else None,
+                weight.new_empty(weight.shape) if output_mask[1] else None,
+                weight.new_empty((weight.shape[0],)) if output_mask[2] else None)

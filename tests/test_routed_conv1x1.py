@@ -1,0 +1,226 @@
+"""routed_conv1x1: the routed first SS-D layer against the separated grouped convolution, on ATen and Triton."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import DEVICES, assert_close_scaled
+
+from ssfdan_ext import IGNORE
+from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense
+
+
+def _case(B=2, n=5, h=7, w=9, C=3, m=4, seed=0, dtype=torch.float32, device="cpu", ignore=0.2, absent=()):
+    gen = torch.Generator().manual_seed(seed)
+    features = torch.randn(B, n, h, w, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, C, (B, h, w), generator=gen)
+    for c in absent:
+        labels[labels == c] = (c + 1) % C if C > len(absent) else IGNORE
+    labels[torch.rand(B, h, w, generator=gen) < ignore] = IGNORE
+    weight = torch.randn(C * m, n, 1, 1, generator=gen, dtype=torch.float64) / n**0.5
+    bias = torch.randn(C * m, generator=gen, dtype=torch.float64)
+    return tuple(t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
+                 for t in (features, labels, weight, bias))
+
+
+def _separated_conv(features, labels, weight, bias, C):
+    """SPEC section 3, steps 2-3 for layer 1, literally: the separated input through the grouped 1x1 conv."""
+    B, n, h, w = features.shape
+    masks = (labels.unsqueeze(1) == torch.arange(C, device=labels.device).view(1, C, 1, 1)).to(features.dtype)
+    return F.conv2d((masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w), weight, bias, groups=C)
+
+
+def _check_rows(result, features, labels, weight, bias, C):
+    """order sorts the cells by class (stable, IGNORE last), offsets bound the buckets, rows hold W_c F + b_c."""
+    B, n, h, w = features.shape
+    m = weight.shape[0] // C
+    flat = labels.reshape(-1)
+    keys = torch.where(flat == IGNORE, C, flat)
+    counts = torch.bincount(keys, minlength=C + 1)
+    assert torch.equal(result.offsets.cpu(), torch.cat([counts.new_zeros(1), counts.cumsum(0)[:C]]).cpu())
+    assert torch.equal(result.order, torch.sort(keys, stable=True).indices)
+    cells = features.permute(0, 2, 3, 1).reshape(-1, n)[result.order]
+    cls = keys[result.order]
+    active = cls < C
+    w_rows = weight.view(C, m, n)[cls[active]]
+    expected = torch.zeros_like(result.rows)
+    expected[active] = torch.einsum("rmn,rn->rm", w_rows, cells[active]) + bias.view(C, m)[cls[active]]
+    assert_close_scaled(result.rows, expected, "rows")
+
+
+def _compare_with_gradients(out, leaves, ref, ref_leaves):
+    """out equals ref, and so do the gradients of (features, weight, bias) under one random upstream gradient."""
+    assert_close_scaled(out, ref, "dense layer 1")
+    upstream = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * upstream).sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), ref_leaves)
+    for name, g, g_ref in zip(("features", "weight", "bias"), grads, ref_grads):
+        assert_close_scaled(g, g_ref, f"grad {name}")
+    return grads
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [dict(B=1, C=1), dict(B=2, C=3), dict(B=3, C=19, h=6, w=11, n=7, m=3),
+                                   dict(B=1, C=4, h=1, w=1), dict(B=2, C=5, absent=(0, 3))])
+@pytest.mark.parametrize("ignore", [0.0, 0.3, 1.0])
+def test_rows_and_gradients_match_separated_convolution(device, shape, ignore):
+    features, labels, weight, bias = _case(device=device, ignore=ignore, **shape)
+    C = shape["C"]
+    result = routed_conv1x1(features, labels, weight, bias, C)
+    _check_rows(result, features, labels, weight, bias, C)
+    assert result.order.dtype == result.offsets.dtype == torch.int64
+
+    leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    dense = routed_layer1_dense(leaves[0], labels, leaves[1], leaves[2], C)
+    ref_leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    ref = _separated_conv(ref_leaves[0], labels, ref_leaves[1], ref_leaves[2], C)
+    grads = _compare_with_gradients(dense, leaves, ref, ref_leaves)
+    if ignore == 1.0:
+        assert (grads[0] == 0).all()  # no cell has a class: separation zeroes every feature
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_routed_bias_gradient_covers_class_cells_only(device):
+    features, labels, weight, bias = _case(B=2, C=3, device=device)
+    leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    result = routed_conv1x1(leaves[0], labels, leaves[1], leaves[2], 3)
+    upstream = torch.randn_like(result.rows)
+    grad_bias = torch.autograd.grad((result.rows * upstream).sum(), leaves[2])[0]
+    cls = torch.searchsorted(result.offsets[1:], torch.arange(result.order.numel(), device=device), right=True)
+    active = cls < 3
+    expected = torch.zeros(3, weight.shape[0] // 3, device=device).index_add_(0, cls[active], upstream[active])
+    assert_close_scaled(grad_bias, expected.flatten(), "grad bias")
+
+
+def test_gradcheck_float64():
+    features, labels, weight, bias = _case(B=2, n=3, h=3, w=4, C=3, m=2, dtype=torch.float64)
+    leaves = tuple(t.requires_grad_(True) for t in (features, weight, bias))
+    assert torch.autograd.gradcheck(lambda f, w, b: routed_conv1x1(f, labels, w, b, 3).rows, leaves)
+    assert torch.autograd.gradcheck(lambda f, w, b: routed_layer1_dense(f, labels, w, b, 3), leaves)
+
+
+def test_non_contiguous_inputs():
+    features, labels, weight, bias = _case(B=2, C=3)
+    strided = features.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    wide = torch.zeros(2, 7, 9 * 2, dtype=torch.long)[:, :, ::2]
+    wide.copy_(labels)
+    assert not strided.is_contiguous() and not wide.is_contiguous()
+    expected = routed_conv1x1(features, labels, weight, bias, 3)
+    got = routed_conv1x1(strided, wide, weight, bias, 3)
+    assert torch.equal(got.order, expected.order)
+    assert_close_scaled(got.rows, expected.rows, "rows")
+
+
+def test_opcheck():
+    features, labels, weight, bias = _case(B=2, C=3)
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_forward, (features, labels, weight, bias, 3))
+    rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, 3)
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward,
+                          (torch.randn_like(rows), features, weight, order, offsets, [True, True, True]))
+
+
+B1 = torch.zeros(1, 4, 2, 2)
+L1 = torch.zeros(1, 2, 2, dtype=torch.long)
+W1 = torch.zeros(6, 4, 1, 1)
+BIAS1 = torch.zeros(6)
+
+
+@pytest.mark.parametrize("args,error,match", [
+    ((B1[0], L1, W1, BIAS1, 3), ValueError, r"features must be \(B, n, h, w\)"),
+    ((B1, L1.float(), W1, BIAS1, 3), TypeError, "labels must be int64"),
+    ((B1, torch.zeros(1, 2, 3, dtype=torch.long), W1, BIAS1, 3), ValueError, "feature resolution"),
+    ((B1, torch.full((1, 2, 2), 3), W1, BIAS1, 3), ValueError, r"labels must lie in \[0, 3\).*3"),
+    ((B1, L1, torch.zeros(6, 4, 3, 3), BIAS1, 3), ValueError, r"weight must be \(C\*m, n, 1, 1\)"),
+    ((B1, L1, torch.zeros(7, 4, 1, 1), torch.zeros(7), 3), ValueError, r"weight must be \(C\*m, n, 1, 1\)"),
+    ((B1, L1, W1, torch.zeros(5), 3), ValueError, r"bias must be \(6,\)"),
+    ((B1, L1, W1.double(), BIAS1, 3), TypeError, "must have the features dtype"),
+    ((B1, L1, W1, BIAS1, 0), ValueError, r"num_classes must be in \[1, 255\]"),
+])
+def test_errors(args, error, match):
+    with pytest.raises(error, match=match):
+        routed_conv1x1(*args)
+
+
+def test_compiled_op_rejects_bad_labels_itself():
+    # The C++ op validates on its own, for callers that bypass the Python checks.
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        torch.ops.ssfdan_ext.routed_conv1x1_forward(B1, torch.full((1, 2, 2), 9), W1, BIAS1, 3)
+
+
+# --- Triton kernels, on CPU tensors under the interpreter -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """The Triton kernels module, run by Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("TRITON_INTERPRET is not 1: the Triton kernels are compiled, not interpreted, in this run")
+    from ssfdan_ext.triton import routed_conv1x1 as kernels
+
+    return kernels
+
+
+# Shapes chosen so that row tiles (64 rows) straddle several class boundaries, the channel counts are not
+# multiples of the tiles, and all-IGNORE and single-class tiles occur.
+TRITON_CASES = [dict(B=2, n=5, h=7, w=9, C=3, m=4), dict(B=1, n=40, h=9, w=15, C=19, m=70, ignore=0.5),
+                dict(B=2, n=3, h=5, w=5, C=2, m=2, ignore=1.0), dict(B=1, n=6, h=10, w=10, C=1, m=5, ignore=0.0),
+                dict(B=3, n=33, h=6, w=8, C=7, m=17, absent=(2, 5))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", TRITON_CASES)
+def test_triton_matches_aten_under_interpreter(interpreted, case, dtype):
+    features, labels, weight, bias = _case(dtype=dtype, **case)
+    C = case["C"]
+    rows, order, offsets = interpreted.routed_conv1x1_forward(features, labels, weight, bias, C)
+    ref_rows, ref_order, ref_offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, C)
+    assert torch.equal(order, ref_order) and torch.equal(offsets, ref_offsets)
+    assert_close_scaled(rows, ref_rows, "rows")
+    grad_rows = torch.randn_like(rows)
+    got = interpreted.routed_conv1x1_backward(grad_rows, features, weight, order, offsets, (True, True, True))
+    ref = torch.ops.ssfdan_ext.routed_conv1x1_backward(grad_rows, features, weight, order, offsets,
+                                                       [True, True, True])
+    for name, g, g_ref in zip(("features", "weight", "bias"), got, ref):
+        assert_close_scaled(g, g_ref, f"grad {name}")
+
+
+def test_triton_backend_through_the_public_op_under_interpreter(interpreted):
+    features, labels, weight, bias = _case(B=2, n=6, h=5, w=7, C=4, m=3, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    out = routed_layer1_dense(leaves[0], labels, leaves[1], leaves[2], 4, impl="triton")
+    ref_leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    ref = _separated_conv(ref_leaves[0], labels, ref_leaves[1], ref_leaves[2], 4)
+    _compare_with_gradients(out, leaves, ref, ref_leaves)
+
+
+# --- Triton kernels compiled for the GPU ----------------------------------------------------------------------
+
+CUDA_ONLY = [p for p in DEVICES if p != "cpu"]
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", TRITON_CASES + [dict(B=1, n=256, h=33, w=65, C=19, m=128, ignore=0.1)])
+def test_triton_on_gpu_matches_aten(device, case, dtype):
+    features, labels, weight, bias = _case(device=device, **case)
+    C = case["C"]
+    ref_rows, ref_order, ref_offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, C)
+    lowp = [t.to(dtype) for t in (features, weight, bias)]
+    result = routed_conv1x1(lowp[0], labels, lowp[1], lowp[2], C)  # auto: Triton for CUDA tensors
+    assert torch.equal(result.order, ref_order) and torch.equal(result.offsets, ref_offsets)
+    # Low precision: operands rounded to dtype, products accumulated in float32.
+    tol = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}[dtype]
+    scale = float(ref_rows.abs().max())
+    torch.testing.assert_close(result.rows.float(), ref_rows, rtol=tol, atol=tol * scale)
+    grad_rows = torch.randn_like(ref_rows)
+    ref = torch.ops.ssfdan_ext.routed_conv1x1_backward(grad_rows, features, weight, ref_order, ref_offsets,
+                                                       [True, True, True])
+    from ssfdan_ext.triton import routed_conv1x1 as kernels
+
+    got = kernels.routed_conv1x1_backward(grad_rows.to(dtype), lowp[0], lowp[1], result.order, result.offsets,
+                                          (True, True, True))
+    for name, g, g_ref in zip(("features", "weight", "bias"), got, ref):
+        torch.testing.assert_close(g.float(), g_ref, rtol=tol, atol=tol * float(g_ref.abs().max()),
+                                   msg=lambda msg: f"grad {name}: {msg}")
