@@ -158,18 +158,20 @@ def ssd_forward(
     strides: Sequence[int],
     num_classes: int,
     negative_slope: float = 0.2,
+    label_maps: tuple[Tensor, Tensor] | None = None,
 ) -> DiscriminatorOutput:
     """SPEC section 3 as a loop over classes: separate, run class c's own stack, select per output cell.
 
     ``weights[l]`` (C*out_l, in_l, k_l, k_l) and ``biases[l]`` (C*out_l,) follow the canonical layout: class c
-    owns rows [c*out_l, (c+1)*out_l).
+    owns rows [c*out_l, (c+1)*out_l). ``label_maps``, when given, are (lf, lo) of step 1, already downsampled.
 
     Shapes: features (B, n, h, w), labels (B, H, W) with H >= h, W >= w -> logits (B, 1, h', w'), labels (B, h', w').
     """
     C = num_classes
     h, w = features.shape[-2:]
-    lf = mode_downsample(labels, (h, w), C)
-    lo = mode_downsample(labels, ssd_output_size(h, w, strides), C)
+    if label_maps is None:
+        label_maps = (mode_downsample(labels, (h, w), C), mode_downsample(labels, ssd_output_size(h, w, strides), C))
+    lf, lo = label_maps
     logits = None
     for c in range(C):
         x = features * (lf == c).unsqueeze(1).to(features.dtype)
