@@ -16,32 +16,60 @@
 #include <array>
 #include <atomic>
 #include <limits>
+#include <type_traits>
 
 #include "../confidence_select.h"
+#include "confidence_block.h"
 
 namespace ssfdan_ext {
 namespace {
 
 constexpr int64_t kChunk = 16384;  // pixels per task: large enough to amortise, small enough to balance 2048x4096
 
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+#else
+  return false;
+#endif
+}
+
+bool block_confidence_best(const float* x, int64_t stride, int C, int n, int32_t* label, float* conf) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2_fma()) return block_confidence_avx2(x, stride, C, n, label, conf);
+#endif
+  return block_confidence(x, stride, C, n, label, conf);
+}
+
 template <typename T>
 void confidence_pass(const T* x, uint8_t* lab8, uint32_t* keys, int32_t* chunk_counts, int64_t B, int64_t C,
                      int64_t N, int64_t nchunks, std::atomic<bool>& bad) {
   at::parallel_for(0, B * nchunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> converted(std::is_same_v<T, float> ? 0 : C * kBlock);
+    int32_t label[kBlock];
+    float conf[kBlock];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nchunks, p0 = (t % nchunks) * kChunk, p1 = std::min(N, p0 + kChunk);
       int32_t* counts = chunk_counts + t * C;
       std::fill(counts, counts + C, 0);
       const T* xb = x + b * C * N;
       bool finite = true;
-      for (int64_t p = p0; p < p1; ++p) {
-        int label;
-        float conf;
-        finite &= pixel_confidence(xb + p, N, static_cast<int>(C), [](T v) { return static_cast<float>(v); },
-                                   &label, &conf);
-        lab8[b * N + p] = static_cast<uint8_t>(label);
-        keys[b * N + p] = conf_key(conf);
-        ++counts[label];
+      for (int64_t q = p0; q < p1; q += kBlock) {
+        const int n = static_cast<int>(std::min<int64_t>(kBlock, p1 - q));
+        if constexpr (std::is_same_v<T, float>) {
+          finite &= block_confidence_best(xb + q, N, static_cast<int>(C), n, label, conf);
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            for (int p = 0; p < n; ++p) converted[c * kBlock + p] = static_cast<float>(xb[c * N + q + p]);
+          }
+          finite &= block_confidence_best(converted.data(), kBlock, static_cast<int>(C), n, label, conf);
+        }
+        for (int p = 0; p < n; ++p) {
+          lab8[b * N + q + p] = static_cast<uint8_t>(label[p]);
+          keys[b * N + q + p] = conf_key(conf[p]);
+          ++counts[label[p]];
+        }
       }
       if (!finite) bad.store(true);
     }
