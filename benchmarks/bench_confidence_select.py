@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(rows, ["preset", "mode", "provider", "median_ms", "speedup_vs_naive", "effective_gbs",
                        "bandwidth_fraction", "peak_mb"])
     stem = f"bench_confidence_select_{'_'.join(args.preset)}_{device.type}"
+    stem += f"_t{args.threads}" if args.threads else ""
     write_csv(rows, args.out / f"{stem}.csv")
     plotted = plot_bars(rows, args.out / f"{stem}.png", f"confidence_select ({device.type})", group="case",
                         series="provider", value="median_ms")
