@@ -89,7 +89,8 @@ SSFDAN_HOST_DEVICE inline int rank_bin(const int32_t* hist, int nbins, int64_t k
 // same float64 value (up to the last-bit differences of exp, which almost never survive that rounding);
 // a float32 softmax would round differently per summation order and exp implementation and break exact
 // thresholds. The label is the first index of the maximum logit (that of the largest probability).
-// Returns false when a logit is NaN or Inf.
+// Returns false when a logit is NaN or Inf. The CUDA kernel calls this per pixel; the CPU kernel computes the
+// same sums, in the same class order, for blocks of pixels (cpu/confidence_block.h) so that they vectorise.
 template <typename T, typename ToFloat>
 SSFDAN_HOST_DEVICE inline bool pixel_confidence(const T* x, int64_t stride, int C, ToFloat to_float,
                                                 int* label, float* conf) {

@@ -20,6 +20,8 @@ SelectionTuple confidence_select_cuda(const at::Tensor& logits_in, double rho, c
   const c10::cuda::CUDAGuard guard(logits_in.device());
   const at::Tensor logits = logits_in.contiguous();
   const int64_t B = logits.size(0), C = logits.size(1), H = logits.size(2), W = logits.size(3), N = H * W;
+  TORCH_CHECK_VALUE(B <= 65535, "confidence_select: at most 65535 images per call on CUDA (the grid's y "
+                    "dimension), got B = ", B);
   const auto opts = logits.options();
   at::Tensor labels = at::empty({B, H, W}, opts.dtype(at::kLong));
   at::Tensor confidence = at::empty({B, H, W}, opts.dtype(at::kFloat));
