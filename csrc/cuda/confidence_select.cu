@@ -129,31 +129,44 @@ __global__ void keep_kernel(uint8_t* __restrict__ lab8, const uint32_t* __restri
                             float* __restrict__ confidence, int64_t* __restrict__ counts, double* __restrict__ sums,
                             int C, int64_t N) {
   const int64_t b = blockIdx.y;
-  // Per-block class totals in shared memory, then one global atomic per class and block.
+  // Class totals: the lanes of a warp that keep the same class are summed by one of them, then added to
+  // per-block totals in shared memory, then one global atomic per class and block.
   __shared__ int32_t block_counts[256];
   __shared__ double block_sums[256];
+  __shared__ float lane_conf[kThreads];
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
     block_counts[c] = 0;
     block_sums[c] = 0.0;
   }
   __syncthreads();
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; p < N;
-       p += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = b * N + p;
-    const int c = lab8[i];
-    const int64_t bc = b * C + c;
-    const uint32_t key = keys[i];
-    if (state[2 * bc] > 0 && key <= static_cast<uint32_t>(state[2 * bc + 1])) {
-      const float conf = key_conf(key);
-      labels[i] = c;
+  const int lane = threadIdx.x % 32, warp_base = threadIdx.x - lane;
+  for (int64_t start = static_cast<int64_t>(blockIdx.x) * blockDim.x; start < N;
+       start += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t p = start + threadIdx.x;
+    int c = 0;
+    bool kept = false;
+    float conf = 0.0f;
+    if (p < N) {
+      const int64_t i = b * N + p;
+      c = lab8[i];
+      const int64_t bc = b * C + c;
+      const uint32_t key = keys[i];
+      kept = state[2 * bc] > 0 && key <= static_cast<uint32_t>(state[2 * bc + 1]);
+      conf = kept ? key_conf(key) : 0.0f;
+      labels[i] = kept ? c : kIgnore;
       confidence[i] = conf;
-      atomicAdd(block_counts + c, 1);
-      atomicAdd(block_sums + c, static_cast<double>(conf));
-    } else {
-      labels[i] = kIgnore;
-      confidence[i] = 0.0f;
-      lab8[i] = kIgnore;  // the byte map now holds the kept labels
+      if (!kept) lab8[i] = kIgnore;  // the byte map now holds the kept labels
     }
+    lane_conf[threadIdx.x] = conf;
+    const unsigned peers = __match_any_sync(0xffffffffu, kept ? c : -1);
+    __syncwarp();
+    if (kept && lane == __ffs(peers) - 1) {
+      double sum = 0.0;
+      for (unsigned m = peers; m != 0; m &= m - 1) sum += lane_conf[warp_base + __ffs(m) - 1];
+      atomicAdd(block_counts + c, __popc(peers));
+      atomicAdd(block_sums + c, sum);
+    }
+    __syncwarp();
   }
   __syncthreads();
   for (int c = threadIdx.x; c < C; c += blockDim.x) {
