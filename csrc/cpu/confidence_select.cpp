@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <limits>
+#include <memory>
 #include <type_traits>
 
 #include "../confidence_select.h"
@@ -116,12 +117,13 @@ SelectionTuple confidence_select_cpu(const at::Tensor& logits_in, double rho, c1
   }
 
   const int64_t nchunks = (N + kChunk - 1) / kChunk, tasks = B * nchunks;
-  std::vector<uint8_t> lab8(B * N);
-  std::vector<uint32_t> keys(B * N), sorted(B * N);
+  // Scratch without value-initialisation (every element is written before it is read).
+  const std::unique_ptr<uint8_t[]> lab8(new uint8_t[B * N]);
+  const std::unique_ptr<uint32_t[]> keys(new uint32_t[B * N]), sorted(new uint32_t[B * N]);
   std::vector<int32_t> chunk_counts(tasks * C);
   std::atomic<bool> bad{false};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "confidence_select_cpu", [&] {
-    confidence_pass(logits.data_ptr<scalar_t>(), lab8.data(), keys.data(), chunk_counts.data(), B, C, N, nchunks,
+    confidence_pass(logits.data_ptr<scalar_t>(), lab8.get(), keys.get(), chunk_counts.data(), B, C, N, nchunks,
                     bad);
   });
   TORCH_CHECK_VALUE(!bad.load(), "confidence_select: logits contains NaN or Inf values");
@@ -163,7 +165,7 @@ SelectionTuple confidence_select_cpu(const at::Tensor& logits_in, double rho, c1
         thr_ptr[bc] = std::numeric_limits<float>::infinity();
         continue;
       }
-      const uint32_t key = select_key(sorted.data() + seg_start[bc], seg_size[bc], k, hist.data());
+      const uint32_t key = select_key(sorted.get() + seg_start[bc], seg_size[bc], k, hist.data());
       thr_key[bc] = key;
       thr_ptr[bc] = key_conf(key);
     }
@@ -225,7 +227,7 @@ SelectionTuple confidence_select_cpu(const at::Tensor& logits_in, double rho, c1
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / oh, i = row % oh;
         for (int64_t j = 0; j < ow; ++j) {
-          dst[row * ow + j] = bin_mode(lab8.data() + b * N, H, W, i, j, oh, ow, hist.data(), C, kIgnoreLabel);
+          dst[row * ow + j] = bin_mode(lab8.get() + b * N, H, W, i, j, oh, ow, hist.data(), C, kIgnoreLabel);
         }
       }
     });
