@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole GPU check in one run (< 8 minutes on one H200): build the extension for this GPU, run the
-# CUDA-marked tests, then the SS-D benchmark at paper scale. Logs and CSVs go to $OUT (default
-# benchmarks/results/gpu); commit what it writes under benchmarks/results/.
+# CUDA-marked tests, then the confidence_select and SS-D benchmarks at paper scale. Logs and CSVs go to $OUT
+# (default benchmarks/results/gpu); commit what it writes under benchmarks/results/.
 #
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -31,5 +31,7 @@ step build 240 $PY -m pip install --no-build-isolation --no-deps -v . || { echo 
 cd /tmp
 step info 30 $PY -c "import ssfdan_ext; print(ssfdan_ext.build_info())"
 step tests_cuda 150 $PY -m pytest "$ROOT/tests" -m cuda -q -rs --junitxml="$OUT/tests_cuda.xml"
+step bench_confidence_select_paper 120 $PY "$ROOT/benchmarks/bench_confidence_select.py" --preset paper paper2k --device cuda \
+  --repeats 10 --warmup 3 --out "$OUT"
 step bench_ssd_paper 200 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda --repeats 10 --warmup 3 --out "$OUT"
 exit $status

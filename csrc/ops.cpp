@@ -13,4 +13,8 @@ TORCH_LIBRARY(ssfdan_ext, m) {
   // Gradients of the rows' features, weight and bias (class cells only; output_mask skips unneeded ones).
   m.def("routed_conv1x1_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor order, Tensor offsets,"
         " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // SPEC sections 1, 2 and 4 in one op: pseudo labels, their statistics, the (B, C) thresholds (+inf where
+  // nothing is kept) and one mode-downsampled kept-label map per (h, w) pair of out_sizes (flattened).
+  m.def("confidence_select(Tensor logits, float rho, int[] out_sizes) -> (Tensor labels, Tensor confidence, "
+        "Tensor counts, Tensor conf_sums, Tensor tau, Tensor thr, Tensor[] downsampled)");
 }

@@ -33,13 +33,24 @@ def rho_schedule(iteration: int, total_iters: int, rho_upper: float = 0.8) -> fl
 
 
 def softmax_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-pixel (confidence, label): the max and argmax of the float32 softmax over classes.
+    """Per-pixel (confidence, label): the max and argmax of the softmax over classes.
+
+    ``label`` is the first index of the largest logit (the class of the largest probability; ties go to the
+    lowest index, as ``torch.argmax``). ``confidence = 1 / sum_c exp(x_c - max_c x_c)`` is accumulated in
+    float64 from the float32 logits and rounded once to float32 **(choice)**: the thresholds of SPEC 1.3 compare
+    confidences exactly, and a float32 softmax rounds differently with every summation order and exp
+    implementation (vectorised CPU, C++ loop, CUDA), so kernels could disagree about ties and thresholds.
+    Rounding one float64 value makes every backend produce the same float32 bits (last-bit differences of
+    float64 exp almost never survive the rounding), while still being the float32 max probability to within
+    half an ulp.
 
     Shapes: logits (B, C, H, W) -> confidence (B, H, W) float32, label (B, H, W) int64.
     """
-    prob = torch.softmax(logits.float(), dim=1)
-    label = prob.argmax(dim=1)  # ties: the lowest class index
-    return prob.gather(1, label.unsqueeze(1)).squeeze(1), label
+    x = logits.float()
+    top = x.amax(dim=1, keepdim=True)
+    label = x.argmax(dim=1)  # ties: the lowest class index
+    total = torch.exp(x.double() - top.double()).sum(dim=1)
+    return (1.0 / total).float(), label
 
 
 def keep_count(rho: float, n: int) -> int:
@@ -70,10 +81,12 @@ def ca_r_tau(counts: Tensor, conf_sums: Tensor) -> Tensor:
     return torch.where(counts64 > 0, torch.sqrt(counts64 / safe), torch.zeros_like(sums64)).float()
 
 
-def confidence_select(logits: Tensor, rho: float) -> Selection:
+def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequence[int]] = ()) -> Selection:
     """SPEC section 1: per image and class, keep the top-rho most confident pixels (ties at the threshold kept).
 
-    Shapes: logits (B, C, H, W) -> Selection with (B, H, W) maps and (B, C) statistics.
+    ``out_sizes``: for each (h, w), ``Selection.downsampled`` holds ``mode_downsample(labels, (h, w), C)``.
+
+    Shapes: logits (B, C, H, W) -> Selection with (B, H, W) maps, (B, C) statistics and (B, h, w) maps.
     """
     check_tensor(logits, "logits", 4, "(B, C, H, W)")
     check_floating(logits, "logits")
@@ -92,12 +105,14 @@ def confidence_select(logits: Tensor, rho: float) -> Selection:
             kept = keep[b] & (label[b] == c)
             counts[b, c] = kept.sum()
             conf_sums[b, c] = confidence[b][kept].double().sum()
+    labels = torch.where(keep, label, torch.full_like(label, IGNORE))
     return Selection(
-        labels=torch.where(keep, label, torch.full_like(label, IGNORE)),
+        labels=labels,
         confidence=torch.where(keep, confidence, torch.zeros_like(confidence)),
         counts=counts,
         conf_sums=conf_sums.float(),
         tau=ca_r_tau(counts, conf_sums),
+        downsampled=tuple(mode_downsample(labels, tuple(size), C) for size in out_sizes),
     )
 
 
@@ -143,18 +158,20 @@ def ssd_forward(
     strides: Sequence[int],
     num_classes: int,
     negative_slope: float = 0.2,
+    label_maps: tuple[Tensor, Tensor] | None = None,
 ) -> DiscriminatorOutput:
     """SPEC section 3 as a loop over classes: separate, run class c's own stack, select per output cell.
 
     ``weights[l]`` (C*out_l, in_l, k_l, k_l) and ``biases[l]`` (C*out_l,) follow the canonical layout: class c
-    owns rows [c*out_l, (c+1)*out_l).
+    owns rows [c*out_l, (c+1)*out_l). ``label_maps``, when given, are (lf, lo) of step 1, already downsampled.
 
     Shapes: features (B, n, h, w), labels (B, H, W) with H >= h, W >= w -> logits (B, 1, h', w'), labels (B, h', w').
     """
     C = num_classes
     h, w = features.shape[-2:]
-    lf = mode_downsample(labels, (h, w), C)
-    lo = mode_downsample(labels, ssd_output_size(h, w, strides), C)
+    if label_maps is None:
+        label_maps = (mode_downsample(labels, (h, w), C), mode_downsample(labels, ssd_output_size(h, w, strides), C))
+    lf, lo = label_maps
     logits = None
     for c in range(C):
         x = features * (lf == c).unsqueeze(1).to(features.dtype)

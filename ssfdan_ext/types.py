@@ -18,6 +18,8 @@ class Selection(NamedTuple):
         counts: (B, C) int64, kept pixels per image and class.
         conf_sums: (B, C) float32, sum of the kept confidences per image and class.
         tau: (B, C) float32, the CA-R weight sqrt(counts / conf_sums), 0 for a class with no kept pixel.
+        downsampled: one (B, h, w) int64 map per requested ``out_sizes`` entry, the mode-downsampled ``labels``
+            (SPEC section 2); empty when no size was requested.
     """
 
     labels: Tensor
@@ -25,6 +27,7 @@ class Selection(NamedTuple):
     counts: Tensor
     conf_sums: Tensor
     tau: Tensor
+    downsampled: tuple[Tensor, ...] = ()
 
 
 class DiscriminatorOutput(NamedTuple):

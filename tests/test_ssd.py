@@ -213,3 +213,45 @@ def test_forward_errors(backend, features, labels, error, match):
     disc = SeparatedDiscriminator(3, N, CHANNELS, backend=backend)
     with pytest.raises(error, match=match):
         disc(features, labels)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_label_maps_from_confidence_select_give_the_same_output(device, backend):
+    from ssfdan_ext import confidence_select
+
+    torch.manual_seed(0)
+    C = 5
+    disc = SeparatedDiscriminator(C, N, CHANNELS, backend=backend).to(device)
+    features = torch.randn(2, N, 9, 13, device=device)
+    logits = torch.randn(2, C, 36, 52, device=device).repeat_interleave(2, 2)  # blocky, so maps keep classes
+    h, w = features.shape[-2:]
+    sel = confidence_select(logits, 0.6, out_sizes=((h, w), disc.output_size(h, w)))
+    upstream = torch.randn(2, 1, *disc.output_size(h, w), device=device)
+    results = []
+    for maps in (None, sel.downsampled):
+        disc.zero_grad(set_to_none=True)
+        x = features.clone().requires_grad_(True)
+        out = disc(x, sel.labels, label_maps=maps)
+        (out.logits * upstream).sum().backward()
+        results.append((out, [x.grad] + [p.grad for p in disc.parameters()]))
+    (plain, plain_grads), (given, given_grads) = results
+    assert torch.equal(given.labels, plain.labels) and torch.equal(given.logits, plain.logits)
+    assert all(torch.equal(a, b) for a, b in zip(given_grads, plain_grads))
+    assert (plain.labels != IGNORE).any() and (plain.logits != 0).any()
+
+
+def test_label_maps_errors():
+    disc = SeparatedDiscriminator(3, N, CHANNELS)
+    features, labels = torch.randn(GOOD_F), torch.zeros(GOOD_L, dtype=torch.long)
+    lf, lo = torch.zeros(2, 4, 6, dtype=torch.long), torch.zeros(2, *disc.output_size(4, 6), dtype=torch.long)
+    with pytest.raises(TypeError, match="label_maps must be a pair"):
+        disc(features, labels, label_maps=lf)
+    with pytest.raises(ValueError, match=r"label_maps\[0\] \(feature resolution\) must have shape \(2, 4, 6\)"):
+        disc(features, labels, label_maps=(lf[:, :3], lo))
+    with pytest.raises(ValueError, match=r"label_maps\[1\] \(output resolution\) must have shape"):
+        disc(features, labels, label_maps=(lf, lf))
+    with pytest.raises(TypeError, match=r"label_maps\[1\] \(output resolution\) must be int64"):
+        disc(features, labels, label_maps=(lf, lo.int()))
+    with pytest.raises(ValueError, match=r"label_maps\[0\] \(feature resolution\) must lie in \[0, 3\)"):
+        disc(features, labels, label_maps=(lf + 3, lo))

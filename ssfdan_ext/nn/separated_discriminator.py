@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import check_batch, check_floating, check_num_classes, check_same_device, check_tensor
+from .._checks import check_batch, check_floating, check_labels, check_num_classes, check_same_device
+from .._checks import check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
 from ..ops.routed_conv1x1 import routed_layer1_dense
@@ -107,18 +108,29 @@ class SeparatedDiscriminator(nn.Module):
             return self.backend
         return _AUTO_BACKEND
 
-    def forward(self, features: Tensor, labels: Tensor) -> DiscriminatorOutput:
+    def forward(self, features: Tensor, labels: Tensor, *,
+                label_maps: tuple[Tensor, Tensor] | None = None) -> DiscriminatorOutput:
+        """Class-wise domain logits of the feature cells.
+
+        ``label_maps``: the feature- and output-resolution mode downsamplings of ``labels``, e.g.
+        ``confidence_select(..., out_sizes=((h, w), self.output_size(h, w))).downsampled``; given, they are used
+        instead of downsampling ``labels`` again (the result is the same).
+
+        Shapes: features (B, n, h, w), labels (B, H, W), label_maps ((B, h, w), (B, h', w')) int64
+        -> logits (B, 1, h', w'), labels (B, h', w').
+        """
         self._check_inputs(features, labels)
+        if label_maps is not None:
+            label_maps = self._check_label_maps(features, label_maps)
         backend = self.resolve_backend(features.device)
         if backend == "reference":
             weights = [conv.weight for conv in self.convs]
             biases = [conv.bias for conv in self.convs]
             return reference.ssd_forward(features, labels, weights, biases, self.strides, self.num_classes,
-                                         self.negative_slope)
+                                         self.negative_slope, label_maps=label_maps)
         B, n, h, w = features.shape
         C = self.num_classes
-        lf = _mode_downsample(labels, (h, w), C)
-        lo = _mode_downsample(labels, self.output_size(h, w), C)
+        lf, lo = self._label_maps(features, labels, label_maps)
         if backend == "fused":
             # Separation + layer 1 as the routed GEMM; layers 2-5 still run as grouped convolutions.
             weight, bias = self.convs[0].weight, self.convs[0].bias
@@ -132,6 +144,28 @@ class SeparatedDiscriminator(nn.Module):
         masks = (lf.unsqueeze(1) == classes).to(features.dtype)
         x = (masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)
         return self._grouped_layers(x, lo, first=0)
+
+    def _label_maps(self, features: Tensor, labels: Tensor,
+                    label_maps: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        if label_maps is not None:
+            return label_maps
+        h, w = features.shape[-2:]
+        return (_mode_downsample(labels, (h, w), self.num_classes),
+                _mode_downsample(labels, self.output_size(h, w), self.num_classes))
+
+    def _check_label_maps(self, features: Tensor, label_maps: object) -> tuple[Tensor, Tensor]:
+        if not isinstance(label_maps, (tuple, list)) or len(label_maps) != 2:
+            raise TypeError(f"label_maps must be a pair (feature-resolution map, output-resolution map), got "
+                            f"{type(label_maps).__name__}")
+        B, _, h, w = features.shape
+        expected = ((B, h, w), (B, *self.output_size(h, w)))
+        names = ("label_maps[0] (feature resolution)", "label_maps[1] (output resolution)")
+        for name, shape, m in zip(names, expected, label_maps):
+            check_labels(m, name, self.num_classes)
+            if tuple(m.shape) != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {tuple(m.shape)}")
+            check_same_device(features=features, **{name.split(" ")[0]: m})
+        return tuple(label_maps)
 
     def _grouped_layers(self, x: Tensor, lo: Tensor, first: int) -> DiscriminatorOutput:
         """Layers ``first``..5 as grouped convolutions on the grouped layout, then the per-cell class pick."""
