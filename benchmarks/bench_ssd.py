@@ -3,6 +3,10 @@
     python benchmarks/bench_ssd.py --preset cpu            # this machine's CPU
     python benchmarks/bench_ssd.py --preset paper --device cuda
 
+Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discriminator; ``l1`` times semantic
+separation + layer 1 alone (forward and backward), each provider in its own output layout: the C dense class
+maps (reference, grouped) or the routed rows of the class cells (fused).
+
 Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints a table of median
 times with the speed-up over the reference, and writes CSV (and a PNG plot when matplotlib is installed) to
 benchmarks/results/.
@@ -20,11 +24,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import RESULTS, PeakMemory, median_ms, plot_bars, print_table, run_worker, write_csv  # noqa: E402
 
-from ssfdan_ext import SeparatedDiscriminator  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
+from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 
-PROVIDERS = ("reference", "grouped")
-MODES = ("fwd", "bwd", "full")
+PROVIDERS = ("reference", "grouped", "fused")
+MODES = ("fwd", "bwd", "full", "l1")
 
 
 @dataclass(frozen=True)
@@ -58,9 +65,29 @@ def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0):
     return disc, features, labels
 
 
+def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
+    """Separation + layer 1 of ``disc.backend``, reduced to a scalar (mean square of its output)."""
+    C, conv = disc.num_classes, disc.convs[0]
+    if disc.backend == "fused":
+        return routed_conv1x1(features, lf, conv.weight, conv.bias, C).rows.square().mean()
+    if disc.backend == "grouped":
+        B, n, h, w = features.shape
+        masks = (lf.unsqueeze(1) == torch.arange(C, device=lf.device).view(1, C, 1, 1)).to(features.dtype)
+        return conv((masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)).square().mean()
+    m = conv.weight.shape[0] // C
+    total = 0
+    for c in range(C):
+        x = features * (lf == c).unsqueeze(1).to(features.dtype)
+        total = total + F.conv2d(x, conv.weight[c * m:(c + 1) * m], conv.bias[c * m:(c + 1) * m]).square().mean()
+    return total / C
+
+
 def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, mode: str):
     """The callable and its untimed setup for one mode."""
     features = features.requires_grad_(True)
+    if mode == "l1":
+        lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
+        return lambda _=None: layer1_loss(disc, features, lf).backward(), None
 
     def forward(_=None):
         return disc(features, labels).logits.square().mean()
@@ -119,13 +146,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"  {provider:>10} {mode:>4}: {row['median_ms']:10.2f} ms, peak {row['peak_mb']:9.1f} MB",
                   flush=True)
             rows.append(row)
-    for row in rows:
-        base = next((r for r in rows if r["mode"] == row["mode"] and r["provider"] == "reference"), None)
-        row["speedup_vs_reference"] = round(base["median_ms"] / row["median_ms"], 2) if base else ""
-        row["memory_vs_reference"] = (round(row["peak_mb"] / base["peak_mb"], 2)
-                                      if base and base["peak_mb"] > 0 else "")
+    columns = ["provider", "mode", "median_ms", "peak_mb"]
+    for base_name in ("reference", "grouped"):
+        if base_name not in args.providers:
+            continue
+        columns += [f"speedup_vs_{base_name}", f"memory_vs_{base_name}"]
+        for row in rows:
+            base = next(r for r in rows if r["mode"] == row["mode"] and r["provider"] == base_name)
+            row[f"speedup_vs_{base_name}"] = round(base["median_ms"] / row["median_ms"], 2)
+            # peak memory of the provider relative to the base (below 1: less memory)
+            row[f"memory_vs_{base_name}"] = round(row["peak_mb"] / base["peak_mb"], 3) if base["peak_mb"] > 0 else ""
     print()
-    print_table(rows, ["provider", "mode", "median_ms", "speedup_vs_reference", "peak_mb", "memory_vs_reference"])
+    print_table(rows, columns)
     stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
     write_csv(rows, args.out / f"{stem}.csv")
     plotted = plot_bars(rows, args.out / f"{stem}.png", f"SS-D {args.preset} ({args.layout}, {device.type})",
