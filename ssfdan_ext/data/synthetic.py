@@ -25,7 +25,7 @@ DOMAINS = ("source", "target")
 
 # The target's colours: the source palette pushed through a channel mix (a hue rotation with desaturation), a
 # colour cast and a lower exposure, so several classes move towards another class's source colour.
-_TARGET_MIX = torch.tensor([[0.45, 0.40, 0.15], [0.15, 0.45, 0.40], [0.40, 0.15, 0.45]])
+_TARGET_MIX = torch.tensor([[0.25, 0.60, 0.15], [0.15, 0.25, 0.60], [0.60, 0.15, 0.25]])
 _STYLE = {
     "source": {"gain": 1.0, "cast": (0.0, 0.0, 0.0), "tex_amp": 0.10, "tex_freq": 1.0, "blur": 0.0,
                "noise": 0.01, "light": (1.05, 0.9)},
