@@ -89,7 +89,7 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int | None = None, p
     lut, report = _class_maps(model_classes, label_classes, protocol)
     lut_t = None
     if device is None:
-        device = next(model.parameters()).device
+        device = next(iter(model.parameters()), torch.zeros(())).device
     device = torch.device(device)
     model = model.to(device).eval()
     if lut is not None:
