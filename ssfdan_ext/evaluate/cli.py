@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
                    help="a checkpoint from save_checkpoint, or a plain state dict (then give --model)")
     p.add_argument("--model", choices=sorted(MODELS), help="architecture of a plain state dict")
     p.add_argument("--num-classes", type=int, help="classes of a plain state dict's model (default 19)")
+    p.add_argument("--aspp-branches", type=int, default=4, help="DeepLab: 2 for AdaptSegNet-era weights")
+    p.add_argument("--caffe-style", action="store_true", help="DeepLab: Caffe ResNet layout and normalisation")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", type=Path, help="dataset root (not needed for 'synthetic')")
     p.add_argument("--split", default=None,
@@ -57,7 +59,9 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
         return load_checkpoint(args.checkpoint)
     if args.model is None:
         raise SystemExit(f"ssfdan-eval: {args.checkpoint} is a plain state dict; give --model and --num-classes")
-    model = build_model(args.model, args.num_classes or 19)
+    options = ({"aspp_branches": args.aspp_branches, "caffe_style": args.caffe_style}
+               if args.model.startswith("deeplab") else {})
+    model = build_model(args.model, args.num_classes or 19, **options)
     report = load_pretrained(model, args.checkpoint)
     if report.skipped_head or report.missing:
         raise SystemExit(f"ssfdan-eval: {args.checkpoint} has no classifier for {model.num_classes} classes "
