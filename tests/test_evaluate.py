@@ -122,9 +122,11 @@ def test_logits_are_upsampled_to_the_full_label_resolution(tmp_path):
 
     label = torch.zeros(16, 16, dtype=torch.long)
     label[:, 8:] = 1
-    res = evaluate(Coarse(), [(torch.zeros(3, 4, 4), label, "left_right.png")], num_classes=2, progress=False,
+    model = Coarse().train()
+    res = evaluate(model, [(torch.zeros(3, 4, 4), label, "left_right.png")], num_classes=2, progress=False,
                    save_dir=tmp_path, save_predictions=1)
     assert int(res.confusion.sum()) == 256 and res.miou == pytest.approx(1.0)
+    assert model.training  # evaluation hands the model back in the mode it came in
     saved = Image.open(tmp_path / "left_right_pred.png")
     assert saved.size == (16, 16)
 

@@ -91,7 +91,10 @@ class SegmentationDataset(Dataset):
 
 
 class GTA5(SegmentationDataset):
-    """GTA5 (Playing for Data): labels in Cityscapes label ids, mapped to the 19 train ids (or 16/13)."""
+    """GTA5 (Playing for Data): labels in Cityscapes label ids, mapped to the 19 train ids (or 16/13).
+
+    Shapes: as :class:`SegmentationDataset`; default size (720, 1280).
+    """
 
     LAYOUT = ("  images/<name>.png          RGB frames (e.g. 00001.png)\n"
               "  labels/<name>.png          Cityscapes label ids (palette or grey PNG)\n"
@@ -117,7 +120,10 @@ class GTA5(SegmentationDataset):
 
 
 class Synthia(GTA5):
-    """Synthia-Rand-Cityscapes: first channel of the 16-bit GT/LABELS PNGs holds the Synthia class id."""
+    """Synthia-Rand-Cityscapes: first channel of the 16-bit GT/LABELS PNGs holds the Synthia class id.
+
+    Shapes: as :class:`SegmentationDataset`; default size (760, 1280), 16 classes.
+    """
 
     LAYOUT = ("  RGB/<name>.png             RGB frames (e.g. 0000000.png)\n"
               "  GT/LABELS/<name>.png       16-bit PNG, channel 0 = Synthia class id\n"
@@ -137,7 +143,10 @@ class Synthia(GTA5):
 
 
 class Cityscapes(SegmentationDataset):
-    """Cityscapes fine annotations (train or val), label ids mapped to the 19 train ids (or 16/13)."""
+    """Cityscapes fine annotations (train or val), label ids mapped to the 19 train ids (or 16/13).
+
+    Shapes: as :class:`SegmentationDataset`; default size (512, 1024).
+    """
 
     LAYOUT = ("  leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
               "  gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png\n"
@@ -174,6 +183,8 @@ class CrossCity(SegmentationDataset):
 
     ``label_encoding`` says what the ``*_eval.png`` files hold: "index13" (indices 0..12 of the 13-class
     protocol, 255 ignore; the default), "trainid" (Cityscapes train ids) or "labelid" (Cityscapes label ids).
+
+    Shapes: as :class:`SegmentationDataset`; default size (512, 1024), 13 classes.
     """
 
     LAYOUT = ("  <City>/Images/Train/<name>.png      unlabelled train images (City: Rome, Rio, Tokyo, Taipei)\n"

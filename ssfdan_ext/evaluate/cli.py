@@ -23,7 +23,10 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``ssfdan-eval``."""
+    """The command-line interface of ``ssfdan-eval``.
+
+    Shapes: n/a.
+    """
     p = argparse.ArgumentParser(prog="ssfdan-eval", description=__doc__)
     p.add_argument("--checkpoint", required=True, type=Path,
                    help="a checkpoint from save_checkpoint, or a plain state dict (then give --model)")
@@ -70,7 +73,10 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``ssfdan-eval``; returns the exit status."""
+    """Run ``ssfdan-eval``; returns the exit status.
+
+    Shapes: n/a (``--input-size`` is HxW).
+    """
     args = parser().parse_args(argv)
     model = _load_model(args)
     kwargs: dict[str, object] = {"normalization": getattr(model, "normalization", "imagenet")}

@@ -77,11 +77,16 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int | None = None, p
     accumulated into a confusion matrix on the model's device. ``num_classes`` is the labels' class count (the
     dataset's ``num_classes`` by default); ``protocol`` (19, 16, 13) picks the reported classes, e.g. 13 for
     the mIoU* of a 16-class Synthia model, which keeps the 16-class confusion. The first ``save_predictions``
-    predictions are written to ``save_dir`` as Cityscapes-coloured PNGs.
+    predictions are written to ``save_dir`` as Cityscapes-coloured PNGs. The model runs in eval mode on
+    ``device`` (default: where its parameters are) and gets its training mode back afterwards.
 
     Shapes: images (B, 3, H, W), labels (B, H', W') -> EvalResult (see there).
     """
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are a convenience; evaluation works without them
+        def tqdm(items, **_):
+            return items
 
     model_classes = int(getattr(model, "num_classes"))
     label_classes = num_classes if num_classes is not None else getattr(
@@ -91,6 +96,7 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int | None = None, p
     if device is None:
         device = next(iter(model.parameters()), torch.zeros(())).device
     device = torch.device(device)
+    was_training = model.training
     model = model.to(device).eval()
     if lut is not None:
         lut_t = torch.from_numpy(lut).long().to(device)
@@ -119,6 +125,7 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int | None = None, p
         seen += image.shape[0]
         if limit is not None and seen >= limit:
             break
+    model.train(was_training)
     iou = confusion.iou()[report].cpu()
     names = (classes.class_names(protocol or label_classes) if (protocol or label_classes) in classes.PROTOCOLS
              else tuple(str(i) for i in range(model_classes)))
