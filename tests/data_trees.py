@@ -99,13 +99,14 @@ def cityscapes_tree(root: Path, split: str = "val", cities: tuple[str, ...] = ("
 
 
 def crosscity_tree(root: Path, city: str = "Rome", height: int = 16, width: int = 32) -> dict[str, np.ndarray]:
+    """Train images as JPEG and PNG; test labels in Cityscapes label ids, as the released files hold them."""
     labels = {}
     for k in range(3):
-        write_rgb(root / city / "Images" / "Train" / f"train_{k:03d}.png", height, width, k)
+        write_rgb(root / city / "Images" / "Train" / f"train_{k:03d}.{'jpg' if k else 'png'}", height, width, k)
     for k in range(2):
         name = f"pano_{k:05d}"
         write_rgb(root / city / "Images" / "Test" / f"{name}.png", height, width, 100 + k)
-        ids = id_map(height, width, np.array(list(range(13)) + [255]), k)
+        ids = id_map(height, width, np.arange(35), k)
         write_ids(root / city / "Labels" / "Test" / f"{name}_eval.png", ids)
         labels[f"{name}.png"] = ids
     return labels

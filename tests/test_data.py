@@ -1,6 +1,9 @@
 """Dataset loaders on generated miniature trees: layouts, id maps, protocols, transforms and errors."""
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,10 @@ import torch
 from data_trees import cityscapes_tree, crosscity_tree, gta5_tree, synthia_tree, write_png16
 from ssfdan_ext.data import (GTA5, Cityscapes, CrossCity, Synthia, augment, build_dataset, class_names, classes,
                              denormalize, normalize, read_png)
-from ssfdan_ext.data.png16 import _read_numpy
+
+# Synthia's 16-bit labels are read with OpenCV (the 'synthia' extra, part of the 'test' extra).
+needs_cv2 = pytest.mark.skipif(importlib.util.find_spec("cv2") is None,
+                               reason="opencv-python-headless is not installed")
 
 # cityscapesScripts labels.py: (name, id, trainId); trainId 255 / -1 are not evaluated.
 OFFICIAL = [
@@ -24,7 +30,7 @@ OFFICIAL = [
 OFFICIAL_TRAINID = {i: t for _, i, t in OFFICIAL if i >= 0 and t not in (255, -1)}
 SYNTHIA_NAMES = {3: "road", 4: "sidewalk", 2: "building", 21: "wall", 5: "fence", 7: "pole", 15: "traffic light",
                  9: "traffic sign", 6: "vegetation", 1: "sky", 10: "person", 17: "rider", 8: "car", 19: "bus",
-                 12: "motorcycle", 11: "bicycle"}
+                 12: "motorcycle", 11: "bicycle", 16: "terrain", 18: "truck", 20: "train"}
 CROSSCITY = ("road", "sidewalk", "building", "traffic light", "traffic sign", "vegetation", "sky", "person",
              "rider", "car", "bus", "motorcycle", "bicycle")
 
@@ -87,13 +93,39 @@ def test_gta5_resize_and_missing_files(tmp_path):
         GTA5(tmp_path / "nowhere")
 
 
+def test_label_of_another_size(tmp_path):
+    labels = gta5_tree(tmp_path)
+    from data_trees import write_ids
+
+    write_ids(tmp_path / "labels" / "00001.png", labels["00001.png"][:10])  # 20x10 label, 20x12 image
+    image, label, _ = GTA5(tmp_path, split="train", size=(6, 10))[0]  # both resized, like the usual loaders
+    assert image.shape == (3, 6, 10) and label.shape == (6, 10)
+    assert GTA5(tmp_path, split="train", size=(6, 10), resize_label=False)[0][1].shape == (10, 20)
+    with pytest.raises(ValueError, match=r"00001\.png is 20x10 \(WxH\) but image .*20x12"):
+        GTA5(tmp_path, split="train", size=None)[0]
+    with pytest.raises(ValueError, match="resize_label=False"):
+        GTA5(tmp_path, split="train", resize_label=False, crop=(4, 4))
+
+
+@needs_cv2
 def test_png16_reader_undoes_every_filter(tmp_path):
     arr = np.random.default_rng(0).integers(0, 65536, (11, 7, 3))
-    write_png16(tmp_path / "x.png", arr)
-    np.testing.assert_array_equal(_read_numpy(tmp_path / "x.png"), arr)
+    write_png16(tmp_path / "x.png", arr)  # rows cycle through all five PNG filter types
     np.testing.assert_array_equal(read_png(tmp_path / "x.png"), arr)
+    with pytest.raises(FileNotFoundError, match="y.png"):
+        read_png(tmp_path / "y.png")
+    (tmp_path / "z.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="z.png"):
+        read_png(tmp_path / "z.png")
 
 
+def test_png16_reader_names_the_missing_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
+    with pytest.raises(ImportError, match="opencv-python-headless"):
+        read_png(tmp_path / "x.png")
+
+
+@needs_cv2
 @pytest.mark.parametrize("num_classes", [16, 13, 19])
 def test_synthia_labels(tmp_path, num_classes):
     labels = synthia_tree(tmp_path)
@@ -134,9 +166,10 @@ def test_crosscity_train_is_unlabelled_and_test_is_labelled(tmp_path):
     train = CrossCity(tmp_path, city="Tokyo", split="train", size=None)
     assert len(train) == 3 and train.num_classes == 13
     assert all(bool((label == 255).all()) for _, label, _ in train)
+    assert sorted(name for _, _, name in train) == ["train_000.png", "train_001.jpg", "train_002.jpg"]
     test = CrossCity(tmp_path, city="Tokyo", split="test", size=None)
     for _, label, name in test:
-        np.testing.assert_array_equal(label.numpy(), labels[name])
+        np.testing.assert_array_equal(label.numpy(), _expected(labels[name], OFFICIAL_TRAINID, 13))
     with pytest.raises(FileNotFoundError, match="Tokyo/Labels/Test/pano_00001_eval.png(.|\n)*<City>/Labels"):
         (tmp_path / "Tokyo" / "Labels" / "Test" / "pano_00001_eval.png").unlink()
         CrossCity(tmp_path, city="Tokyo", split="test")
@@ -146,7 +179,7 @@ def test_crosscity_train_is_unlabelled_and_test_is_labelled(tmp_path):
         CrossCity(tmp_path, city="Paris")
 
 
-def test_crosscity_cityscapes_id_encoding(tmp_path):
+def test_crosscity_label_encodings(tmp_path):
     crosscity_tree(tmp_path, "Rio")
     ids = np.array([[7, 8, 11, 12], [19, 20, 21, 22], [23, 24, 25, 26], [28, 32, 33, 0]])
     from data_trees import write_ids
@@ -156,9 +189,17 @@ def test_crosscity_cityscapes_id_encoding(tmp_path):
     from data_trees import write_rgb
 
     write_rgb(tmp_path / "Rio" / "Images" / "Test" / "pano_00000.png", 16, 32, 0)
-    label = CrossCity(tmp_path, city="Rio", split="test", size=None, label_encoding="labelid")[0][1]
+    label = CrossCity(tmp_path, city="Rio", split="test", size=None)[0][1]
     np.testing.assert_array_equal(label[:4, :4].numpy(),
                                   [[0, 1, 2, 255], [3, 4, 5, 255], [6, 7, 8, 9], [10, 11, 12, 255]])
+    # Files already holding 13-class indices or Cityscapes train ids.
+    write_ids(tmp_path / "Rio" / "Labels" / "Test" / "pano_00000_eval.png", np.full((16, 32), 12))
+    assert set(CrossCity(tmp_path, "Rio", "test", size=None, label_encoding="index13")[0][1].unique().tolist()) \
+        == {12}
+    assert set(CrossCity(tmp_path, "Rio", "test", size=None, label_encoding="trainid")[0][1].unique().tolist()) \
+        == {8}  # train id 12 is rider, index 8 of the 13 classes
+    with pytest.raises(ValueError, match="label_encoding"):
+        CrossCity(tmp_path, "Rio", "test", label_encoding="rgb")
 
 
 def test_build_dataset_and_normalisation(tmp_path):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data_trees import cityscapes_tree
+from data_trees import cityscapes_tree, crosscity_tree
 from ssfdan_ext.data import Cityscapes, SyntheticScenes, classes
 from ssfdan_ext.evaluate import (ConfusionMatrix, colorize, confusion_matrix, evaluate, iou_from_confusion,
                                  iou_table, mean_iou, write_iou_table)
@@ -165,6 +165,19 @@ def test_cli_on_a_cityscapes_tree(tmp_path, tiny_checkpoint, capsys):
     assert (out / "iou.md").exists()
     preds = sorted((out / "predictions").glob("*_pred.png"))
     assert len(preds) == 2 and Image.open(preds[0]).size == (32, 16)  # at the label's full resolution
+
+
+def test_cli_on_a_crosscity_tree(tmp_path, tiny_checkpoint, capsys):
+    crosscity_tree(tmp_path / "nthu", "Taipei")
+    args = ["--checkpoint", str(tiny_checkpoint), "--dataset", "crosscity", "--root", str(tmp_path / "nthu"),
+            "--city", "Taipei", "--workers", "0", "--no-progress", "--out", str(tmp_path / "o")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "(crosscity test, 2 images)" in printed and "| wall" not in printed  # the 13-class protocol
+    assert len((tmp_path / "o" / "iou.csv").read_text().splitlines()) == 1 + 13 + 1
+    with pytest.raises(SystemExit):
+        main([*args, "--label-encoding", "rgb"])
+    assert "invalid choice: 'rgb'" in capsys.readouterr().err
 
 
 def test_cli_on_synthetic_scenes_and_plain_state_dicts(tmp_path, tiny_checkpoint, capsys):

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
-from torchvision.ops.misc import FrozenBatchNorm2d
 
-from ssfdan_ext.models import (ASPPClassifier, build_model, load_checkpoint, load_pretrained, save_checkpoint)
+torchvision = pytest.importorskip("torchvision")  # the backbones' optional dependency (the 'models' extra)
+from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
+
+from ssfdan_ext.models import (ASPPClassifier, build_model, load_checkpoint, load_pretrained,  # noqa: E402
+                               save_checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +34,21 @@ def test_deeplab_shapes_and_features(deeplab):
 def test_deeplab_batchnorm_is_frozen(deeplab):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in deeplab.modules())
     assert sum(isinstance(m, FrozenBatchNorm2d) for m in deeplab.modules()) == 1 + 3 * 33 + 4
+    # No BatchNorm parameter is trainable: only convolutions and the ASPP head take gradients.
+    assert all(n.endswith("conv1.weight") or n.endswith("conv2.weight") or n.endswith("conv3.weight")
+               or n.endswith("downsample.0.weight") or n.startswith("layer5.") for n, _ in deeplab.named_parameters())
+    bn = deeplab.layer2[0].bn2
+    assert not bn.weight.requires_grad and "weight" not in dict(bn.named_parameters())
+    # Train mode normalises with the stored statistics and leaves them alone, exactly like eval mode.
+    with torch.no_grad():
+        bn.running_mean.normal_(), bn.running_var.uniform_(0.5, 2.0)
+        x = torch.randn(1, 3, 17, 17)
+        stats = bn.running_mean.clone()
+        expected = deeplab.eval()(x)[0]
+        got = deeplab.train()(x)[0]
+    deeplab.eval()
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(bn.running_mean, stats)
     trainable = build_model("deeplabv2_resnet50", 5, frozen_bn=False)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in trainable.modules())
 
@@ -86,7 +103,10 @@ def test_fcn8s_shapes_and_imagenet_weights():
         logits, features = model(torch.randn(1, 3, 64, 96))
     assert logits.shape == (1, 16, 8, 12) and features.shape == (1, 4096, 2, 3)
     assert model.feature_channels == 4096
-    state = torchvision.models.vgg16(weights=None).state_dict()
+    # torchvision VGG16's keys and shapes (built on the meta device: initialising 138M weights takes seconds).
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in torchvision.models.vgg16(weights=None).state_dict().items()}
+    state = {k: torch.randn(shape) for k, shape in shapes.items()}
     report = load_pretrained(model, state)
     assert len(report.loaded) == 30 and report.skipped_head == []
     torch.testing.assert_close(model.fc6.weight, state["classifier.0.weight"].view(4096, 512, 7, 7))

@@ -29,10 +29,12 @@ CITYSCAPES_ID_TO_TRAINID: dict[int, int] = {
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
 
-# Synthia class id (first channel of GT/LABELS) -> Cityscapes train id, as in the AdaptSegNet/ADVENT loaders.
+# Synthia class id (first channel of GT/LABELS) -> Cityscapes train id, as in the ADVENT loader. Terrain (16),
+# truck (18) and train (20) matter only to the 19-class protocol; lanemarking (22), parking-slot (13) and
+# road-work (14) are ignored.
 SYNTHIA_ID_TO_TRAINID: dict[int, int] = {
-    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 1: 10,
-    10: 11, 17: 12, 8: 13, 19: 15, 12: 17, 11: 18,
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10,
+    10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
 }
 
 CITYSCAPES_PALETTE: tuple[tuple[int, int, int], ...] = (

@@ -44,6 +44,9 @@ class SegmentationDataset(Dataset):
         self.root, self.split, self.num_classes = Path(root), split, num_classes
         self.size, self.crop, self.scale, self.flip = size, crop, scale, flip
         self.normalization, self.resize_label = normalization, resize_label
+        if not resize_label and self._augments:
+            raise ValueError("resize_label=False (labels at full resolution, for evaluation) cannot be combined "
+                             f"with crop/scale/flip augmentation, got crop={crop}, scale={scale}, flip={flip}")
         self.class_names = classes.class_names(num_classes)
         self._require(self.root, "dataset root")
         self.items: list[Item] = self._list_items()
@@ -54,6 +57,10 @@ class SegmentationDataset(Dataset):
             self._require(image_path, "image")
             if label_path is not None:
                 self._require(label_path, "label")
+
+    @property
+    def _augments(self) -> bool:
+        return self.crop is not None or self.scale is not None or bool(self.flip)
 
     def _require(self, path: Path, what: str) -> None:
         if not path.exists():
@@ -79,13 +86,17 @@ class SegmentationDataset(Dataset):
             label = np.full((image.size[1], image.size[0]), IGNORE, dtype=np.int64)
         else:
             label = self._read_label(label_path)
-            if label.shape != (image.size[1], image.size[0]):
-                raise ValueError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but image "
-                                 f"{image_path} is {image.size[0]}x{image.size[1]}")
+            # A label whose size differs from its image's (reported for a few GTA5 frames) is fine when both are
+            # resized to ``size`` (as the usual loaders do) or scored at the label's resolution; not otherwise.
+            absorbed = self.size is not None or not self.resize_label
+            if label.shape != (image.size[1], image.size[0]) and not absorbed:
+                raise ValueError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} (WxH) but image "
+                                 f"{image_path} is {image.size[0]}x{image.size[1]}; give size=(H, W) to resize "
+                                 "both")
         image, label = resize_pair(image, label, self.size, self.resize_label)
         rgb = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
         x, y = normalize(rgb, self.normalization), torch.from_numpy(np.ascontiguousarray(label))
-        if self.crop is not None or self.scale is not None or self.flip:
+        if self._augments:
             x, y = augment(x, y, self.crop, self.scale, self.flip)
         return x, y, name
 
@@ -181,19 +192,20 @@ CROSSCITY_CITIES = ("Rome", "Rio", "Tokyo", "Taipei")
 class CrossCity(SegmentationDataset):
     """NTHU Cross-City: per city 3,200 unlabelled train images and 100 labelled test images (13 classes).
 
-    ``label_encoding`` says what the ``*_eval.png`` files hold: "index13" (indices 0..12 of the 13-class
-    protocol, 255 ignore; the default), "trainid" (Cityscapes train ids) or "labelid" (Cityscapes label ids).
+    ``label_encoding`` says what the ``*_eval.png`` files hold: "labelid" (Cityscapes label ids, as the
+    usual Cross-City loaders read them; the default), "trainid" (Cityscapes train ids) or "index13"
+    (indices 0..12 of the 13-class protocol, 255 ignore). Images may be PNG or JPEG.
 
     Shapes: as :class:`SegmentationDataset`; default size (512, 1024), 13 classes.
     """
 
-    LAYOUT = ("  <City>/Images/Train/<name>.png      unlabelled train images (City: Rome, Rio, Tokyo, Taipei)\n"
-              "  <City>/Images/Test/<name>.png       test images\n"
-              "  <City>/Labels/Test/<name>_eval.png  test labels (13-class indices, 255 = ignore)")
+    LAYOUT = ("  <City>/Images/Train/<name>.jpg|png  unlabelled train images (City: Rome, Rio, Tokyo, Taipei)\n"
+              "  <City>/Images/Test/<name>.png|jpg   test images\n"
+              "  <City>/Labels/Test/<name>_eval.png  test labels (Cityscapes label ids; see label_encoding)")
     PROTOCOLS = (13,)
 
     def __init__(self, root: str | Path, city: str = "Rome", split: str = "train", num_classes: int = 13,
-                 size: tuple[int, int] | None = (512, 1024), label_encoding: str = "index13", **kw) -> None:
+                 size: tuple[int, int] | None = (512, 1024), label_encoding: str = "labelid", **kw) -> None:
         if city not in CROSSCITY_CITIES:
             raise ValueError(f"city must be one of {CROSSCITY_CITIES}, got {city!r}")
         if split not in ("train", "test"):
@@ -208,7 +220,7 @@ class CrossCity(SegmentationDataset):
     def _list_items(self) -> list[Item]:
         folder = self.root / self.city / "Images" / self.split.capitalize()
         self._require(folder, "image folder")
-        images = sorted(folder.glob("*.png"))
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         if self.split == "train":
             return [(p, None, p.name) for p in images]
         labels = self.root / self.city / "Labels" / "Test"

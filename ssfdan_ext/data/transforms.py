@@ -78,18 +78,20 @@ def load_label_array(path: Path, channel: int | None = None) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def resize_pair(image, label: np.ndarray | None, size: tuple[int, int] | None, resize_label: bool = True):
+def resize_pair(image: "PIL.Image.Image", label: np.ndarray | None, size: tuple[int, int] | None,  # noqa: F821
+                resize_label: bool = True) -> tuple["PIL.Image.Image", np.ndarray | None]:  # noqa: F821
     """Resize a PIL image bilinearly and its label by nearest neighbour to ``size = (H, W)``.
 
     Shapes: label (H0, W0) int64 -> (H, W) int64 (or unchanged when ``resize_label`` is False).
     """
     from PIL import Image
 
-    if size is None or tuple(image.size) == (size[1], size[0]):
+    if size is None:
         return image, label
     size = (int(size[1]), int(size[0]))  # PIL sizes are (W, H)
-    image = image.resize(size, Image.BILINEAR)
-    if label is not None and resize_label:
+    if tuple(image.size) != size:
+        image = image.resize(size, Image.BILINEAR)
+    if label is not None and resize_label and label.shape != (size[1], size[0]):
         lbl = Image.fromarray(label.astype(np.uint8)).resize(size, Image.NEAREST)
         label = np.asarray(lbl).astype(np.int64)
     return image, label

@@ -40,6 +40,8 @@ def parser() -> argparse.ArgumentParser:
                    help="split (default: val for cityscapes, test for crosscity, all for gta5/synthia, "
                         "target for synthetic)")
     p.add_argument("--city", choices=CROSSCITY_CITIES, default="Rome", help="Cross-City city")
+    p.add_argument("--label-encoding", choices=("labelid", "trainid", "index13"), default="labelid",
+                   help="what Cross-City's *_eval.png files hold (default: Cityscapes label ids)")
     p.add_argument("--protocol", type=int, choices=sorted(classes.PROTOCOLS),
                    help="classes to report (default: the dataset's); 13 on a 16-class model gives mIoU*")
     p.add_argument("--input-size", type=_size, help="resize images to HxW (labels stay at full resolution)")
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.input_size:
             kwargs["size"] = args.input_size
         if args.dataset == "crosscity":
-            kwargs["city"] = args.city
+            kwargs["city"], kwargs["label_encoding"] = args.city, args.label_encoding
         else:
             kwargs["num_classes"] = model.num_classes if model.num_classes in classes.PROTOCOLS else 19
     try:

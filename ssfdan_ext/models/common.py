@@ -1,11 +1,29 @@
 """Helpers shared by the segmentation models."""
 from __future__ import annotations
 
+from types import ModuleType
+
 from torch import Tensor, nn
 
 
+def import_torchvision() -> ModuleType:
+    """torchvision, imported when a backbone is built (the kernels and the discriminator work without it).
+
+    Shapes: n/a.
+    """
+    try:
+        import torchvision
+    except ImportError:
+        raise ImportError("the DeepLab-v2 and FCN-8s backbones need torchvision: pip install the torchvision "
+                          "release that matches your torch (or the package's 'models' extra)") from None
+    return torchvision
+
+
 def check_input(x: object) -> Tensor:
-    """Models take (B, 3, H, W) floating-point images."""
+    """Models take (B, 3, H, W) floating-point images.
+
+    Shapes: x (B, 3, H, W) floating point; returned unchanged.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor (B, 3, H, W), got {type(x).__name__}")
     if x.dim() != 4 or x.shape[1] != 3:
@@ -16,8 +34,14 @@ def check_input(x: object) -> Tensor:
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (same state-dict keys, fixed statistics)."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
+    """Replace every BatchNorm2d by torchvision's FrozenBatchNorm2d (same state-dict keys, fixed statistics).
+
+    FrozenBatchNorm2d keeps weight, bias and the running statistics as buffers: they get no gradient, an
+    optimiser never sees them, and train mode normalises with the stored statistics like eval mode.
+
+    Shapes: n/a (returns ``module``, changed in place).
+    """
+    FrozenBatchNorm2d = import_torchvision().ops.misc.FrozenBatchNorm2d
 
     for name, child in list(module.named_children()):
         if isinstance(child, nn.BatchNorm2d):

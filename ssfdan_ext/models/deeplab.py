@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from .common import check_input, freeze_batchnorm
+from .common import check_input, freeze_batchnorm, import_torchvision
 
 
 class ASPPClassifier(nn.Module):
@@ -64,7 +64,7 @@ class DeepLabV2(nn.Module):
     def __init__(self, num_classes: int = 19, depth: int = 101, aspp_branches: int = 4, frozen_bn: bool = True,
                  caffe_style: bool = False) -> None:
         super().__init__()
-        import torchvision  # lazily: only the model builders need it
+        torchvision = import_torchvision()
 
         builders = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
         if depth not in builders:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .common import check_input
+from .common import check_input, import_torchvision
 
 
 class FCN8s(nn.Module):
@@ -25,9 +25,15 @@ class FCN8s(nn.Module):
 
     def __init__(self, num_classes: int = 19, dropout: float = 0.5) -> None:
         super().__init__()
-        import torchvision  # lazily: only the model builders need it
+        torchvision = import_torchvision()
 
-        self.features = torchvision.models.vgg16(weights=None).features
+        vgg = torchvision.models.vgg
+        if hasattr(vgg, "make_layers") and "D" in getattr(vgg, "cfgs", {}):
+            # VGG16's convolutions alone: building the whole model would also initialise its 120M-parameter
+            # classifier (two seconds) only to throw it away.
+            self.features = vgg.make_layers(vgg.cfgs["D"], batch_norm=False)
+        else:
+            self.features = torchvision.models.vgg16(weights=None).features
         self.fc6 = nn.Conv2d(512, 4096, 7, padding=3)
         self.fc7 = nn.Conv2d(4096, 4096, 1)
         self.drop = nn.Dropout2d(dropout)

@@ -12,7 +12,7 @@ def _block(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequen
 
 
 class SmallSegNet(nn.Module):
-    """Six 3x3 conv-BN-ReLU blocks to output stride 8, two of them dilated, then a 1x1 classifier.
+    """Seven 3x3 conv-BN-ReLU blocks to output stride 8, the last two dilated, then a 1x1 classifier.
 
     Shapes: x (B, 3, H, W) -> logits (B, num_classes, ceil(H/8), ceil(W/8)), features
     (B, feature_channels, same h, w).
