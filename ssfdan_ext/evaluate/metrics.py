@@ -67,7 +67,10 @@ class ConfusionMatrix:
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, pred: Tensor, label: Tensor) -> None:
-        """Add the pixels of one prediction (any shape matching ``label``)."""
+        """Add the pixels of one prediction.
+
+        Shapes: pred and label of one shape (any), integer.
+        """
         self.matrix += confusion_matrix(pred, label.to(self.matrix.device), self.num_classes)
 
     def iou(self) -> Tensor:
@@ -75,11 +78,17 @@ class ConfusionMatrix:
         return iou_from_confusion(self.matrix)
 
     def miou(self, classes: Sequence[int] | None = None) -> float:
-        """mIoU over all classes or a subset of indices."""
+        """mIoU over all classes or a subset of indices.
+
+        Shapes: returns a float.
+        """
         return mean_iou(self.iou(), classes)
 
     def pixel_accuracy(self) -> float:
-        """Fraction of labelled pixels predicted correctly."""
+        """Fraction of labelled pixels predicted correctly.
+
+        Shapes: returns a float (NaN before any labelled pixel).
+        """
         total = int(self.matrix.sum())
         return float(self.matrix.diagonal().sum()) / total if total else float("nan")
 

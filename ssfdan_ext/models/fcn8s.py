@@ -69,7 +69,11 @@ class FCN8s(nn.Module):
 
     @staticmethod
     def convert_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """torchvision VGG16 keys -> FCN-8s keys (fc layers reshaped to convolutions, the 1000-way fc dropped)."""
+        """torchvision VGG16 keys -> FCN-8s keys (fc layers reshaped to convolutions, the 1000-way fc dropped).
+
+        Shapes: classifier.0.weight (4096, 25088) -> fc6.weight (4096, 512, 7, 7); classifier.3.weight
+        (4096, 4096) -> fc7.weight (4096, 4096, 1, 1); other tensors unchanged.
+        """
         out = {}
         for key, value in state.items():
             if key.startswith("classifier.0."):
