@@ -73,3 +73,21 @@ def test_ci_runs_the_readme_test_command():
     command = _block("test-command").strip()
     assert printed.stdout.strip() == command
     assert command.count("\n") == 0 and "pytest" in command and "--no-build-isolation" in command
+
+
+def test_models_data_block_runs():
+    scope: dict = {}
+    exec(_block("models-data"), scope)
+    assert scope["image"].shape == (3, 64, 128) and scope["label"].shape == (64, 128)
+    assert scope["logits"].shape == (1, 19, 8, 16) and scope["features"].shape == (1, 64, 8, 16)
+    assert 0.0 <= scope["result"].miou <= 1.0
+
+
+def test_evaluation_commands_parse():
+    from ssfdan_ext.evaluate.cli import parser
+
+    commands = re.findall(r"^(ssfdan-eval .*?)(?:\s+#.*)?$", README.replace("\\\n", " "), re.M)
+    assert len(commands) >= 3
+    for command in commands:
+        args = parser().parse_args(command.split()[1:])
+        assert args.checkpoint and args.dataset
