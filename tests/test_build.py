@@ -95,8 +95,15 @@ def test_cmake_library_builds_and_registers_the_ops(tmp_path):
         torch.ops.load_library({str(library)!r})
         labels = torch.tensor([[[0, 1, 1, 2, 255]]])
         print(torch.ops.ssfdan_ext.mode_downsample(labels, 1, 2, 3).tolist())
+        rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(
+            torch.ones(1, 1, 1, 5), labels, torch.tensor([[[[2.0]]], [[[3.0]]], [[[4.0]]]]), torch.zeros(3), 3)
+        print(rows.flatten().tolist(), order.tolist(), offsets.tolist())
+        print(torch.ops.ssfdan_ext.confidence_select(torch.zeros(1, 2, 1, 2), 1.0, [])[0].tolist())
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     # bins [0, 3) -> {0, 1, 1} -> 1 and [2, 5) -> {1, 2, 255} -> tie -> 1
-    assert run.stdout.strip() == "[[[1, 1]]]"
+    assert run.stdout.splitlines()[0] == "[[[1, 1]]]"
+    # cells sorted by class (IGNORE last), each multiplied by its class's weight; IGNORE rows are 0
+    assert run.stdout.splitlines()[1] == "[2.0, 3.0, 3.0, 4.0, 0.0] [0, 1, 2, 3, 4] [0, 1, 3, 4]"
+    assert run.stdout.splitlines()[2] == "[[[0, 0]]]"  # equal logits: class 0, every pixel kept at rho = 1
