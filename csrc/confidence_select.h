@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "mode_downsample.h"
@@ -23,6 +24,11 @@ inline std::vector<std::pair<int64_t, int64_t>> check_confidence_select_args(con
                     "confidence_select: logits.shape[1] (number of classes) must be in [1, ", kMaxClasses,
                     "], got ", logits.size(1));
   TORCH_CHECK_VALUE(rho >= 0.0 && rho <= 1.0, "confidence_select: rho must be in [0, 1], got ", rho);
+  // Both backends count the pixels of one image in int32 histograms (select digits, per-block totals): a larger
+  // image would wrap those counts and select a wrong threshold silently.
+  TORCH_CHECK_VALUE(logits.size(2) * logits.size(3) <= INT32_MAX,
+                    "confidence_select: H * W must be at most 2^31 - 1 pixels per image, got ", logits.size(2), " * ",
+                    logits.size(3));
   TORCH_CHECK_VALUE(out_sizes.size() % 2 == 0,
                     "confidence_select: out_sizes must hold (h, w) pairs, got ", out_sizes.size(), " values");
   std::vector<std::pair<int64_t, int64_t>> sizes;

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 import torch
-from conftest import DEVICES
+from conftest import CUDA, DEVICES
 
 import ssfdan_ext
 from ssfdan_ext import IGNORE, reference
@@ -194,6 +194,29 @@ def test_kernel_non_contiguous_and_empty(device):
     assert empty.labels.shape == (0, 4, 4) and empty.counts.shape == (0, 3) and empty.downsampled[0].shape == (0, 2, 2)
 
 
+@pytest.mark.parametrize("device", [CUDA])
+@pytest.mark.parametrize("kind", ["random", "ties", "sharp"])
+def test_cuda_matches_cpu_kernel_on_large_images(device, kind):
+    # More than 4096 * 256 pixels per image: every CUDA kernel's grid-stride loop runs twice, and "sharp" logits
+    # crowd whole classes into a few histogram bins (confidence 1.0 included). The CPU kernel, equal to the
+    # reference on the grid above, is the fast oracle at this size.
+    B, C, H, W = 2, 19, 1030, 1030
+    gen = torch.Generator().manual_seed(11)
+    if kind == "ties":
+        logits = torch.randint(0, 3, (B, C, H, W), generator=gen).float()
+    else:
+        logits = (30.0 if kind == "sharp" else 3.0) * torch.randn(B, C, H, W, generator=gen)
+    sizes = [129, 129, 1030, 1030]
+    for rho in (1e-7, 0.5, 1.0):
+        expected = torch.ops.ssfdan_ext.confidence_select(logits, rho, sizes)
+        actual = torch.ops.ssfdan_ext.confidence_select(logits.to(device), rho, sizes)
+        for i, (a, e) in enumerate(zip(actual[:6], expected[:6])):
+            tol = 1e-5 if i in (3, 4) else 0  # conf_sums and tau: float64 sums in another order
+            torch.testing.assert_close(a.cpu(), e, rtol=tol, atol=0, msg=lambda m: f"output {i}, rho {rho}: {m}")
+        for a, e in zip(actual[6], expected[6]):
+            assert torch.equal(a.cpu(), e)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_kernel_rejects_non_finite(device, bad):
@@ -247,3 +270,6 @@ def test_cpp_checks_guard_direct_calls():
         op(torch.randn(1, 3, 4, 4, dtype=torch.float64), 0.5, [])
     with pytest.raises(ValueError, match=r"number of classes\) must be in"):
         op(torch.randn(1, 256, 2, 2), 0.5, [])
+    # 2^31 pixels per image would wrap the int32 histogram counts; an expanded view checks it without memory.
+    with pytest.raises(ValueError, match=r"H \* W must be at most"):
+        op(torch.zeros(1, 1, 1, 1).expand(1, 1, 65536, 32768), 0.5, [])
