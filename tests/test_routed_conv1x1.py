@@ -1,6 +1,7 @@
 """routed_conv1x1: the routed first SS-D layer against the separated grouped convolution, on ATen and Triton."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -237,3 +238,117 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert len(lines) == 9 and all(int(line.split(": ")[1].split()[0]) > 0 for line in lines), proc.stdout
+
+
+# --- Autograd edge cases --------------------------------------------------------------------------------------
+
+INTERPRETED = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    reason="Triton on CPU tensors needs Triton and its interpreter")
+IMPLS = ["aten", pytest.param("triton", marks=INTERPRETED)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False), (False, False, True),
+                                   (False, True, True), (True, False, True)])
+def test_gradients_of_any_subset_of_inputs(impl, needs):
+    features, labels, weight, bias = _case(B=2, C=3, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_(r) for t, r in zip((features, weight, bias), needs)]
+    ref_leaves = [t.detach().requires_grad_(r) for t, r in zip((features, weight, bias), needs)]
+    out = routed_layer1_dense(leaves[0], labels, leaves[1], leaves[2], 3, impl=impl)
+    ref = _separated_conv(ref_leaves[0], labels, ref_leaves[1], ref_leaves[2], 3)
+    upstream = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * upstream).sum(), [t for t in leaves if t.requires_grad])
+    ref_grads = torch.autograd.grad((ref * upstream).sum(), [t for t in ref_leaves if t.requires_grad])
+    for g, g_ref in zip(grads, ref_grads, strict=True):
+        assert_close_scaled(g, g_ref, "gradient")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dense", [False, True])
+def test_double_backward_raises(impl, dense):
+    # create_graph=True works for the first derivative; differentiating it again must fail, not silently give 0.
+    features, labels, weight, bias = _case(B=2, C=3, dtype=torch.float64)
+    leaves = [t.requires_grad_(True) for t in (features, weight, bias)]
+    op = routed_layer1_dense if dense else lambda *a, **k: routed_conv1x1(*a, **k).rows
+    out = op(leaves[0], labels, leaves[1], leaves[2], 3, impl=impl)
+    grads = torch.autograd.grad(out.pow(2).sum(), leaves, create_graph=True)
+    first = torch.autograd.grad(out.pow(2).sum(), leaves)
+    for g, g_first in zip(grads, first):
+        assert_close_scaled(g, g_first, "first derivative under create_graph")
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        (grads[0].sum() + grads[1].sum() + grads[2].sum()).backward()
+
+
+def test_triton_on_cpu_tensors_without_the_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match=r"impl='triton' needs CUDA tensors.*cpu"):
+        routed_conv1x1(B1, L1, W1, BIAS1, 3, impl="triton")
+
+
+# --- Offsets past 2**31 (64-bit address arithmetic in the Triton kernels) -------------------------------------
+
+def _check_sampled(features, labels, weight, bias, C, impl, rtol):
+    """Rows, input gradient and the weight gradient of the last 64 input channels, checked at the first and last
+    64 sorted rows (the largest row and channel offsets) against float32 arithmetic on the same operands."""
+    result = routed_conv1x1(features, labels, weight, bias, C, impl=impl)
+    N, m = result.rows.shape
+    n, hw = features.shape[1], features.shape[2] * features.shape[3]
+    dev = features.device
+    picks = torch.cat([torch.arange(min(64, N)), torch.arange(max(N - 64, 0), N)]).to(dev)
+    cells, cls = result.order[picks], torch.searchsorted(result.offsets[1:], picks, right=True)
+    active = cls < C
+    x = features.flatten(2)[cells // hw, :, cells % hw].float()  # (P, n)
+    W = weight.view(C, m, n).float()
+    expected = torch.zeros(len(picks), m, device=dev)
+    expected[active] = torch.einsum("rmn,rn->rm", W[cls[active]], x[active]) + bias.view(C, m).float()[cls[active]]
+
+    def close(got, want, name):
+        scale = max(float(want.abs().max()), 1.0) if want.numel() else 1.0
+        torch.testing.assert_close(got.float(), want, rtol=rtol, atol=rtol * scale, msg=lambda s: f"{name}: {s}")
+
+    close(result.rows[picks], expected, "rows")
+    grad_rows = torch.randn(N, m, device=dev, dtype=features.dtype)
+    grad_features, grad_weight, grad_bias = (_backward_op(impl))(grad_rows, features, weight, result.order,
+                                                                result.offsets, [True, True, True])
+    g = grad_rows[picks].float()
+    want = torch.zeros(len(picks), n, device=dev)
+    want[active] = torch.einsum("rmn,rm->rn", W[cls[active]], g[active])
+    close(grad_features.flatten(2)[cells // hw, :, cells % hw], want, "grad features")
+    tail = features[:, -64:].permute(0, 2, 3, 1).reshape(N, -1)  # the last 64 input channels, one row per cell
+    bounds = result.offsets.tolist()
+    for c in range(C):
+        idx = result.order[bounds[c]:bounds[c + 1]]
+        g_c = grad_rows[bounds[c]:bounds[c + 1]].float()
+        close(grad_weight.view(C, m, n)[c, :, -64:], g_c.t() @ tail[idx].float(), f"grad weight, class {c}")
+        close(grad_bias.view(C, m)[c], g_c.sum(0), f"grad bias, class {c}")
+
+
+def _backward_op(impl):
+    if impl == "triton":
+        from ssfdan_ext.triton import routed_conv1x1 as kernels
+
+        return kernels.routed_conv1x1_backward
+    return torch.ops.ssfdan_ext.routed_conv1x1_backward
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_sampled_check_on_small_shapes(impl):
+    # The checker of the large GPU cases below, on shapes the CPU can run (and on both implementations).
+    features, labels, weight, bias = _case(B=2, n=70, h=9, w=13, C=3, m=5, ignore=0.0)
+    _check_sampled(features, labels, weight, bias, 3, impl, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", CUDA_ONLY)
+@pytest.mark.parametrize("shape", [
+    dict(n=8, h=2048, w=1056, m=1024),  # (B*h*w) * m > 2**31: row offsets of the rows and of their gradient
+    dict(n=2048, h=1024, w=1040, m=16),  # n * h*w > 2**31: channel offsets of the features and of their gradient
+])
+def test_triton_offsets_past_2_31_on_gpu(device, shape):
+    gen = torch.Generator(device=device).manual_seed(0)
+    n, h, w, m, C = shape["n"], shape["h"], shape["w"], shape["m"], 2
+    features = torch.randn(1, n, h, w, device=device, dtype=torch.float16, generator=gen)
+    labels = torch.randint(0, C, (1, h, w), device=device, generator=gen)
+    weight = (torch.randn(C * m, n, 1, 1, device=device, generator=gen) / n**0.5).half()
+    bias = torch.randn(C * m, device=device, generator=gen).half()
+    _check_sampled(features, labels, weight, bias, C, "triton", rtol=2e-3)

@@ -276,3 +276,18 @@ def test_fused_under_cpu_autocast_matches_reference_in_bfloat16():
     scale = float(truth.abs().max())
     for backend, out in outputs.items():
         torch.testing.assert_close(out.float(), truth, rtol=0.05, atol=0.05 * scale, msg=backend)
+
+
+def test_fused_under_cpu_autocast_keeps_float64_like_the_reference():
+    # Autocast leaves float64 tensors alone; the fused backend's layer 1 must not round them to bfloat16.
+    torch.manual_seed(5)
+    disc = SeparatedDiscriminator(3, N, CHANNELS).double()
+    features = torch.randn(1, N, 8, 12, dtype=torch.float64)
+    labels = _labels("random", 1, 16, 24, 3, seed=2)
+    outputs = {}
+    for backend in ("reference", "fused"):
+        disc.backend = backend
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs[backend] = disc(features, labels).logits
+    assert outputs["fused"].dtype == outputs["reference"].dtype == torch.float64
+    assert_close_scaled(outputs["fused"], outputs["reference"], "logits")

@@ -139,9 +139,11 @@ class SeparatedDiscriminator(nn.Module):
             # Separation + layer 1 as the routed GEMM; layers 2-5 still run densely, class by class.
             weight, bias = self.convs[0].weight, self.convs[0].bias
             if torch.is_autocast_enabled(features.device.type):
-                # A custom autograd op is not autocast: run it in the dtype autocast would give the convolution.
+                # A custom autograd op is not autocast: run it in the dtype autocast would give the convolution
+                # (autocast leaves float64 tensors as they are).
                 dtype = torch.get_autocast_dtype(features.device.type)
-                features, weight, bias = features.to(dtype), weight.to(dtype), bias.to(dtype)
+                features, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype)
+                                          for t in (features, weight, bias))
             x = F.leaky_relu(routed_layer1_dense(features, lf, weight, bias, C), self.negative_slope)
             return self._class_loop_layers(x, lo, first=1)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1)

@@ -9,10 +9,12 @@ CPU tensors run the ATen implementation compiled into ``ssfdan_ext._C`` (one GEM
 from __future__ import annotations
 
 import functools
+import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .._checks import check_batch, check_floating, check_labels, check_num_classes, check_same_device, check_tensor
 from .._ext import has_compiled_ops, require_compiled
@@ -82,6 +84,7 @@ class _RoutedConv1x1(torch.autograd.Function):
         return rows, order, offsets
 
     @staticmethod
+    @once_differentiable  # the backward kernels are not differentiable: a double backward must fail, not be 0
     def backward(ctx, grad_rows, _grad_order, _grad_offsets):
         features, weight, order, offsets = ctx.saved_tensors
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
@@ -110,6 +113,9 @@ def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_c
                         f"{features.dtype}")
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "triton" and not features.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got features "
+                         f"on {features.device}")
     return num_classes
 
 
@@ -119,8 +125,8 @@ def routed_conv1x1(features: Tensor, labels: Tensor, weight: Tensor, bias: Tenso
 
     Equivalent to the first layer of every class stack of :class:`~ssfdan_ext.SeparatedDiscriminator` applied to
     its separated input: class c's output is ``rows[r]`` at the cell ``order[r]`` of each of its rows and
-    ``bias[c*m:(c+1)*m]`` at every other cell. Differentiable in ``features``, ``weight`` and ``bias``; IGNORE
-    cells get no feature gradient.
+    ``bias[c*m:(c+1)*m]`` at every other cell. Differentiable once in ``features``, ``weight`` and ``bias`` (a
+    double backward raises); IGNORE cells get no feature gradient, and the bias gradient sums the class rows only.
 
     Args:
         impl: ``"auto"`` (Triton on CUDA for float32/float16/bfloat16, the compiled ATen kernel otherwise),
@@ -157,6 +163,7 @@ class _DenseLayer1(torch.autograd.Function):
         return dense.view(B, C * m, h, w)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_dense):
         features, weight, order, offsets = ctx.saved_tensors
         B, _, h, w = features.shape

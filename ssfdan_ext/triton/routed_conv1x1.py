@@ -32,7 +32,9 @@ def _class_range(cls, C):
 def _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M: tl.constexpr):
     """This program's sorted rows: (rows, in-range mask, class (C for IGNORE/out of range), NCHW channel-0
     address of each row's cell)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # 64-bit row indices and channel offsets: rows * m and channel * h*w pass 2**31 at large sizes (e.g. 2M cells
+    # x 1024 channels), where 32-bit products would wrap to wrong addresses on the GPU.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < N
     cls = tl.load(row_class_ptr + rows, mask=row_ok, other=C)
     cell = tl.load(order_ptr + rows, mask=row_ok, other=0)
@@ -53,6 +55,7 @@ def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, 
     rows, row_ok, cls, base = _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < COLS
+    cols64 = cols.to(tl.int64)
     if GATHER_A:
         a_rows, a_stride, out_rows, out_stride = base, HW, rows * COLS, 1
     else:
@@ -66,15 +69,15 @@ def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, 
             for k0 in range(0, K, BLOCK_K):
                 ks = k0 + tl.arange(0, BLOCK_K)
                 k_ok = ks < K
-                a = tl.load(a_ptr + a_rows[:, None] + ks[None, :] * a_stride, mask=sel[:, None] & k_ok[None, :],
-                            other=0.0)
+                a = tl.load(a_ptr + a_rows[:, None] + ks.to(tl.int64)[None, :] * a_stride,
+                            mask=sel[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + c * K * COLS + cols[None, :] * w_stride_col + ks[:, None] * w_stride_k,
                              mask=k_ok[:, None] & col_ok[None, :], other=0.0)
                 acc += tl.dot(a, wt, input_precision="ieee", out_dtype=ACC)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + c * COLS + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
             result = tl.where(sel[:, None], acc, result)
-    tl.store(out_ptr + out_rows[:, None] + cols[None, :] * out_stride, result.to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + out_rows[:, None] + cols64[None, :] * out_stride, result.to(out_ptr.dtype.element_ty),
              mask=(row_ok & (cls < C))[:, None] & col_ok[None, :])
 
 
@@ -99,7 +102,8 @@ def _routed_grad_weight_kernel(g_ptr, order_ptr, offsets_ptr, x_ptr, gw_ptr, gb_
         cell = tl.load(order_ptr + rows, mask=row_ok, other=0)
         base = (cell // HW) * n * HW + cell % HW
         gt = tl.load(g_ptr + rows[None, :] * m + outs[:, None], mask=out_ok[:, None] & row_ok[None, :], other=0.0)
-        a = tl.load(x_ptr + base[:, None] + ins[None, :] * HW, mask=row_ok[:, None] & in_ok[None, :], other=0.0)
+        a = tl.load(x_ptr + base[:, None] + ins.to(tl.int64)[None, :] * HW, mask=row_ok[:, None] & in_ok[None, :],
+                    other=0.0)
         acc += tl.dot(gt, a, input_precision="ieee", out_dtype=ACC)
         bias_acc += tl.sum(gt.to(ACC), axis=1)
     tl.store(gw_ptr + (c * m + outs)[:, None] * n + ins[None, :], acc.to(gw_ptr.dtype.element_ty),
@@ -116,6 +120,10 @@ def sort_cells(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor
     """(order, row_class, offsets): cells sorted by class with IGNORE last, stable (raster order inside a class).
 
     One device sort and one ``searchsorted``; nothing is read back to the host.
+
+    Shapes:
+        labels: (B, h, w) int64 in [0, C) or 255 (IGNORE) -> order (B*h*w,) int64 flat cell index of each sorted
+        row, row_class (B*h*w,) int64 class of each row (C for IGNORE), offsets (C+1,) int64 first row of each class.
     """
     flat = labels.reshape(-1)
     keys = torch.where(flat == IGNORE, torch.full_like(flat, num_classes), flat)
@@ -126,7 +134,12 @@ def sort_cells(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor, Tensor
 
 def routed_conv1x1_forward(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
                            num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Same contract as ``torch.ops.ssfdan_ext.routed_conv1x1_forward`` (see ops/routed_conv1x1.py)."""
+    """Same contract as ``torch.ops.ssfdan_ext.routed_conv1x1_forward`` (see ops/routed_conv1x1.py).
+
+    Shapes:
+        features (B, n, h, w), labels (B, h, w), weight (C*m, n, 1, 1), bias (C*m,) -> rows (B*h*w, m),
+        order (B*h*w,), offsets (C+1,).
+    """
     features = features.contiguous()
     B, n, h, w = features.shape
     C, m = num_classes, weight.shape[0] // num_classes
@@ -144,7 +157,12 @@ def routed_conv1x1_forward(features: Tensor, labels: Tensor, weight: Tensor, bia
 
 def routed_conv1x1_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor, offsets: Tensor,
                             output_mask: tuple[bool, bool, bool]) -> tuple[Tensor | None, ...]:
-    """Same contract as ``torch.ops.ssfdan_ext.routed_conv1x1_backward``."""
+    """Same contract as ``torch.ops.ssfdan_ext.routed_conv1x1_backward``.
+
+    Shapes:
+        grad_rows (B*h*w, m), features (B, n, h, w), weight (C*m, n, 1, 1), order (B*h*w,), offsets (C+1,)
+        -> grad features (B, n, h, w), grad weight (C*m, n, 1, 1), grad bias (C*m,) (None where not asked for).
+    """
     features, grad_rows = features.contiguous(), grad_rows.contiguous()
     B, n, h, w = features.shape
     C = offsets.numel() - 1
