@@ -5,7 +5,8 @@
 
 Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discriminator; ``l1`` times semantic
 separation + layer 1 alone (forward and backward), each provider in its own output layout: the C dense class
-maps (reference, grouped) or the routed rows of the class cells (fused).
+maps (reference, grouped) or the routed rows of the class cells (fused); ``l1dense`` (fused only) adds the
+expansion of the routed rows to the dense layout that the fused backend's dense layers 2-5 read today.
 
 Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints a table of median
 times with the speed-up over the reference, and writes CSV (and a PNG plot when matplotlib is installed) to
@@ -27,11 +28,11 @@ from _harness import RESULTS, PeakMemory, median_ms, plot_bars, print_table, run
 import torch.nn.functional as F  # noqa: E402
 
 from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
-from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
+from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 
 PROVIDERS = ("reference", "grouped", "fused")
-MODES = ("fwd", "bwd", "full", "l1")
+MODES = ("fwd", "bwd", "full", "l1", "l1dense")
 
 
 @dataclass(frozen=True)
@@ -65,9 +66,12 @@ def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0):
     return disc, features, labels
 
 
-def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
+def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor,
+                dense: bool = False) -> torch.Tensor:
     """Separation + layer 1 of ``disc.backend``, reduced to a scalar (mean square of its output)."""
     C, conv = disc.num_classes, disc.convs[0]
+    if disc.backend == "fused" and dense:
+        return routed_layer1_dense(features, lf, conv.weight, conv.bias, C).square().mean()
     if disc.backend == "fused":
         return routed_conv1x1(features, lf, conv.weight, conv.bias, C).rows.square().mean()
     if disc.backend == "grouped":
@@ -85,9 +89,9 @@ def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.
 def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, mode: str):
     """The callable and its untimed setup for one mode."""
     features = features.requires_grad_(True)
-    if mode == "l1":
+    if mode in ("l1", "l1dense"):
         lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
-        return lambda _=None: layer1_loss(disc, features, lf).backward(), None
+        return lambda _=None: layer1_loss(disc, features, lf, dense=mode == "l1dense").backward(), None
 
     def forward(_=None):
         return disc(features, labels).logits.square().mean()
@@ -142,6 +146,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
               str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     for mode in args.modes:
         for provider in args.providers:
+            if mode == "l1dense" and provider != "fused":
+                continue  # the other providers' layer 1 is dense already: the same as their l1
             row = run_worker(Path(__file__), [*common, "--providers", provider, "--modes", mode])
             print(f"  {provider:>10} {mode:>4}: {row['median_ms']:10.2f} ms, peak {row['peak_mb']:9.1f} MB",
                   flush=True)
@@ -152,10 +158,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         columns += [f"speedup_vs_{base_name}", f"memory_vs_{base_name}"]
         for row in rows:
-            base = next(r for r in rows if r["mode"] == row["mode"] and r["provider"] == base_name)
-            row[f"speedup_vs_{base_name}"] = round(base["median_ms"] / row["median_ms"], 2)
+            mode = "l1" if row["mode"] == "l1dense" else row["mode"]  # a dense layer 1 is the others' l1
+            base = next((r for r in rows if r["mode"] == mode and r["provider"] == base_name), None)
+            row[f"speedup_vs_{base_name}"] = round(base["median_ms"] / row["median_ms"], 2) if base else ""
             # peak memory of the provider relative to the base (below 1: less memory)
-            row[f"memory_vs_{base_name}"] = round(row["peak_mb"] / base["peak_mb"], 3) if base["peak_mb"] > 0 else ""
+            row[f"memory_vs_{base_name}"] = (round(row["peak_mb"] / base["peak_mb"], 3)
+                                             if base and base["peak_mb"] > 0 else "")
     print()
     print_table(rows, columns)
     stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"

@@ -17,7 +17,7 @@ from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
 # What "auto" runs, per device type. On the CPU (benchmarks/bench_ssd.py, CPU preset, fwd+bwd) the fused backend
-# takes 415 ms against 592 ms for the per-class loop and 1364 ms for the grouped convolution, with the least
+# takes 434 ms against 642 ms for the per-class loop and 1290 ms for the grouped convolution, with the least
 # memory. On CUDA the per-class loop stays the default until the Triton path has been measured on a GPU; it never
 # materialises the C-times larger separated input (B, C*n, h, w) of the grouped convolution (1.3 GB per image
 # at paper scale).
