@@ -1,6 +1,7 @@
 """Timing, memory and reporting helpers shared by the benchmark scripts (never asserts a speed)."""
 from __future__ import annotations
 
+import argparse
 import csv
 import gc
 import json
@@ -16,6 +17,30 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def benchmark_parser(doc: str | None, providers: Sequence[str], modes: Sequence[str],
+                     repeats: int) -> argparse.ArgumentParser:
+    """The options every benchmark script shares; the script adds its own (presets, layouts) before parsing."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--providers", nargs="+", choices=providers, default=list(providers))
+    parser.add_argument("--modes", nargs="+", choices=modes, default=list(modes))
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser,
+                         argv: list[str] | None) -> tuple[argparse.Namespace, torch.device]:
+    """Parse, apply --threads, and return the arguments with the device."""
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args, torch.device(args.device)
 
 
 def synchronize(device: torch.device) -> None:

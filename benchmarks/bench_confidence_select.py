@@ -13,7 +13,6 @@ Writes CSV (and a PNG plot when matplotlib is installed) to benchmarks/results/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import RESULTS, PeakMemory, median_ms, plot_bars, print_table, run_worker, write_csv  # noqa: E402
+from _harness import (  # noqa: E402
+    PeakMemory, benchmark_parser, median_ms, parse_benchmark_args, plot_bars, print_table, run_worker, write_csv,
+)
 
 import ssfdan_ext  # noqa: E402
 from ssfdan_ext import reference  # noqa: E402
@@ -104,20 +105,9 @@ def measure(provider: str, mode: str, preset_name: str, device: torch.device, re
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = benchmark_parser(__doc__, PROVIDERS, MODES, repeats=9)
     parser.add_argument("--preset", nargs="+", choices=sorted(PRESETS), default=["cpu"])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args, device = parse_benchmark_args(parser, argv)
     if args.worker:
         row = measure(args.providers[0], args.modes[0], args.preset[0], device, args.repeats, args.warmup)
         print(json.dumps(row))

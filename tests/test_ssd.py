@@ -258,16 +258,22 @@ def test_label_maps_errors():
         disc(features, labels, label_maps=(lf + 3, lo))
 
 
-def test_fused_under_cpu_autocast_matches_reference_in_bfloat16():
-    torch.manual_seed(4)
-    disc = SeparatedDiscriminator(5, N, CHANNELS)
-    features = torch.randn(2, N, 8, 12)
-    labels = _labels("random", 2, 16, 24, 5, seed=3)
+def _under_cpu_autocast(disc, features, labels):
+    """The logits of the reference and the fused backend, each run under CPU bfloat16 autocast."""
     outputs = {}
     for backend in ("reference", "fused"):
         disc.backend = backend
         with torch.autocast("cpu", dtype=torch.bfloat16):
             outputs[backend] = disc(features, labels).logits
+    return outputs
+
+
+def test_fused_under_cpu_autocast_matches_reference_in_bfloat16():
+    torch.manual_seed(4)
+    disc = SeparatedDiscriminator(5, N, CHANNELS)
+    features = torch.randn(2, N, 8, 12)
+    labels = _labels("random", 2, 16, 24, 5, seed=3)
+    outputs = _under_cpu_autocast(disc, features, labels)
     assert outputs["fused"].dtype == outputs["reference"].dtype == torch.bfloat16
     exact = SeparatedDiscriminator(5, N, CHANNELS, backend="reference")
     exact.load_state_dict(disc.state_dict())
@@ -284,10 +290,6 @@ def test_fused_under_cpu_autocast_keeps_float64_like_the_reference():
     disc = SeparatedDiscriminator(3, N, CHANNELS).double()
     features = torch.randn(1, N, 8, 12, dtype=torch.float64)
     labels = _labels("random", 1, 16, 24, 3, seed=2)
-    outputs = {}
-    for backend in ("reference", "fused"):
-        disc.backend = backend
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            outputs[backend] = disc(features, labels).logits
+    outputs = _under_cpu_autocast(disc, features, labels)
     assert outputs["fused"].dtype == outputs["reference"].dtype == torch.float64
     assert_close_scaled(outputs["fused"], outputs["reference"], "logits")

@@ -16,6 +16,7 @@
 
 #include "../select_kernels.h"
 #include "launchers.h"
+#include "mode_block.cuh"
 
 namespace ssfdan_ext {
 namespace {
@@ -187,26 +188,11 @@ __global__ void finish_kernel(const int64_t* __restrict__ counts, const double* 
   tau[bc] = counts[bc] > 0 ? static_cast<float>(sqrt(static_cast<double>(counts[bc]) / sums[bc])) : 0.0f;
 }
 
-// One block per output cell (bins at the discriminator's output size hold thousands of pixels).
+// The mode of the kept labels (255 where not kept) per output cell.
 __global__ void mode_u8_kernel(const uint8_t* __restrict__ in, int64_t* __restrict__ out, int64_t B, int64_t H,
                                int64_t W, int64_t oh, int64_t ow, int C) {
   __shared__ int32_t hist[256];
-  const int64_t cells = B * oh * ow;
-  for (int64_t cell = blockIdx.x; cell < cells; cell += gridDim.x) {
-    const int64_t j = cell % ow, i = (cell / ow) % oh, b = cell / (ow * oh);
-    for (int k = threadIdx.x; k < C; k += blockDim.x) hist[k] = 0;
-    __syncthreads();
-    const int64_t r0 = bin_start(i, H, oh), r1 = bin_end(i, H, oh);
-    const int64_t c0 = bin_start(j, W, ow), c1 = bin_end(j, W, ow);
-    const int64_t bw = c1 - c0, n = (r1 - r0) * bw;
-    for (int64_t t = threadIdx.x; t < n; t += blockDim.x) {
-      const int v = in[(b * H + r0 + t / bw) * W + c0 + t % bw];
-      if (v < C) atomicAdd(&hist[v], 1);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) out[cell] = histogram_mode(hist, C, kIgnore);
-    __syncthreads();
-  }
+  mode_cells_block(in, out, B, H, W, oh, ow, C, kIgnore, hist, [](int64_t) {});  // only 255 lies outside [0, C)
 }
 
 unsigned pixel_blocks(int64_t N) {
