@@ -32,8 +32,9 @@ step build 240 $PY -m pip install --no-build-isolation --no-deps -v . || { echo 
 # Run from outside the source tree so that the installed package (with its _C) is the one imported.
 cd /tmp
 step info 30 $PY -c "import ssfdan_ext; print(ssfdan_ext.build_info())"
-step tests_cuda 150 $PY -m pytest "$ROOT/tests" -m cuda -q -rs --junitxml="$OUT/tests_cuda.xml"
+step tests_cuda 240 $PY -m pytest "$ROOT/tests" -m cuda -q -rs --junitxml="$OUT/tests_cuda.xml"
 step bench_confidence_select_paper 120 $PY "$ROOT/benchmarks/bench_confidence_select.py" --preset paper paper2k --device cuda \
   --repeats 10 --warmup 3 --out "$OUT"
-step bench_ssd_paper 200 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda --repeats 5 --warmup 2 --out "$OUT"
+step bench_ssd_paper 200 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda --modes fwd full l1 l1dense \
+  --repeats 5 --warmup 2 --out "$OUT"
 exit $status
