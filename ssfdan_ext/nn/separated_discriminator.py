@@ -12,7 +12,7 @@ from .._checks import check_batch, check_floating, check_labels, check_num_class
 from .._checks import check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
-from ..ops.routed_conv1x1 import routed_layer1_dense
+from ..ops.routed_conv1x1 import dense_layer1_checked_by_caller
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
@@ -144,7 +144,7 @@ class SeparatedDiscriminator(nn.Module):
                 dtype = torch.get_autocast_dtype(features.device.type)
                 features, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype)
                                           for t in (features, weight, bias))
-            x = F.leaky_relu(routed_layer1_dense(features, lf, weight, bias, C), self.negative_slope)
+            x = F.leaky_relu(dense_layer1_checked_by_caller(features, lf, weight, bias, C), self.negative_slope)
             return self._class_loop_layers(x, lo, first=1)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1)
         masks = (lf.unsqueeze(1) == classes).to(features.dtype)
