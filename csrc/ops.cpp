@@ -17,4 +17,14 @@ TORCH_LIBRARY(ssfdan_ext, m) {
   // nothing is kept) and one mode-downsampled kept-label map per (h, w) pair of out_sizes (flattened).
   m.def("confidence_select(Tensor logits, float rho, int[] out_sizes) -> (Tensor labels, Tensor confidence, "
         "Tensor counts, Tensor conf_sums, Tensor tau, Tensor thr, Tensor[] downsampled)");
+  // SPEC section 3, layers 2-5 evaluated exactly on the explicit (class, cell) pairs E_l = A_l ∩ N_l
+  // (csrc/cpu/sparse_ssd.cpp): lf_masked (B, h, w) = labels with cells outside E_1 set to IGNORE; per layer 2-5
+  // taps (P, 9) value-table rows of each pair's taps and offsets (C+1,) first pair of each class; out_index
+  // (B*h'*w',) row of each output cell in the last table. Tables are [explicit rows | C constants | zero row].
+  m.def("sparse_ssd_rulebook(Tensor lf, Tensor lo, int num_classes, int[] strides) -> (Tensor lf_masked, "
+        "Tensor[] taps, Tensor[] offsets, Tensor out_index)");
+  // One 3x3 layer on the explicit pairs: out[p] = b_c + sum_t W_c[t] table[taps[p, t]] for the pairs of class c.
+  m.def("sparse_conv3x3_forward(Tensor table, Tensor taps, Tensor offsets, Tensor weight, Tensor bias) -> Tensor");
+  m.def("sparse_conv3x3_backward(Tensor grad_out, Tensor table, Tensor taps, Tensor offsets, Tensor weight,"
+        " bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -1,0 +1,244 @@
+// Exact sparse evaluation of SS-D layers 2-5 (SPEC section 3), written with ATen.
+//
+// Class c's activation after layer l equals a per-class constant k_l^c (its response to an all-zero input far
+// from the border) everywhere except on E_l^c = A_l^c ∩ N_l^c:
+//   A_l^c (forward-active): class-c cells at layer 1; then cells whose 3x3 footprint touches A_{l-1}^c or the
+//         zero padding (a max-pool of A_{l-1}^c padded with ones);
+//   N_l^c (backward-needed): output cells labelled c at layer 5; then the cells inside the footprint of some
+//         cell of N_{l+1}^c (the transposed max-pool).
+// The rulebook lists, per layer, the explicit (class, image, cell) pairs sorted by class and, for each pair,
+// the value-table rows of its nine taps. A layer's value table is [explicit rows | C constant rows | 1 zero row]:
+// a tap reads its class's explicit row if there is one, its class's constant row otherwise (the cell is not
+// active, so its value is the constant) and the zero row in the padding. The same device-generic code runs on
+// the CPU and on CUDA tensors; the only host reads are one pair count per layer (to size the outputs).
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "../mode_downsample.h"
+
+namespace ssfdan_ext {
+namespace {
+
+using at::Tensor;
+
+// Dilation of the needed set through a 3x3 layer of stride s with padding 1: an input cell p is needed when
+// p = s*q + t - 1 for a needed output cell q and a tap t in {0, 1, 2} (per axis). Placing N_l at the positions
+// 1 + s*q of a zero canvas turns this into a 3x3 max-pool of stride 1; only max is used, so it is exact.
+Tensor needed_inputs(const Tensor& needed, int64_t s, int64_t in_h, int64_t in_w) {
+  const int64_t B = needed.size(0), C = needed.size(1), h = needed.size(2), w = needed.size(3);
+  Tensor canvas = at::zeros({B, C, in_h + 2, in_w + 2}, needed.options());
+  canvas.slice(2, 1, 1 + s * (h - 1) + 1, s).slice(3, 1, 1 + s * (w - 1) + 1, s).copy_(needed);
+  return at::max_pool2d(canvas, {3, 3}, {1, 1});
+}
+
+void check_rulebook_args(const Tensor& lf, const Tensor& lo, int64_t C, at::IntArrayRef strides) {
+  TORCH_CHECK_VALUE(C >= 1 && C <= kMaxClasses, "sparse_ssd_rulebook: num_classes must be in [1, ", kMaxClasses,
+                    "], got ", C);
+  TORCH_CHECK_VALUE(strides.size() == 4, "sparse_ssd_rulebook: strides must give layers 2-5 (4 ints), got ",
+                    strides);
+  for (const int64_t s : strides) {
+    TORCH_CHECK_VALUE(s == 1 || s == 2, "sparse_ssd_rulebook: strides must be 1 or 2, got ", strides);
+  }
+  TORCH_CHECK_VALUE(lf.dim() == 3 && lo.dim() == 3 && lf.size(0) == lo.size(0),
+                    "sparse_ssd_rulebook: label maps must be (B, h, w) and (B, h', w'), got ", lf.sizes(), " and ",
+                    lo.sizes());
+  TORCH_CHECK_TYPE(lf.scalar_type() == at::kLong && lo.scalar_type() == at::kLong,
+                   "sparse_ssd_rulebook: label maps must be int64, got ", lf.scalar_type(), " and ",
+                   lo.scalar_type());
+  TORCH_CHECK_VALUE(lf.device() == lo.device(), "sparse_ssd_rulebook: label maps must be on one device, got ",
+                    lf.device(), " and ", lo.device());
+}
+
+// lf_masked: the feature-resolution labels with every cell outside E_1 set to IGNORE (the routed layer 1 then
+// computes exactly E_1); taps[l]: (P, 9) value-table rows of layer l+2's pairs; offsets[l]: (C+1,) first pair of
+// each class; out_index: (B*h'*w',) row of each output cell in the last table (its class's explicit row or
+// constant row, the zero row for IGNORE cells).
+std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, Tensor> sparse_ssd_rulebook(
+    const Tensor& lf_in, const Tensor& lo_in, int64_t C, at::IntArrayRef strides) {
+  check_rulebook_args(lf_in, lo_in, C, strides);
+  const Tensor lf = lf_in.contiguous(), lo = lo_in.contiguous();
+  const int64_t B = lf.size(0);
+  std::array<int64_t, 5> hs{lf.size(1)}, ws{lf.size(2)};
+  for (int l = 1; l < 5; ++l) {
+    hs[l] = (hs[l - 1] - 1) / strides[l - 1] + 1;
+    ws[l] = (ws[l - 1] - 1) / strides[l - 1] + 1;
+  }
+  TORCH_CHECK_VALUE(lo.size(1) == hs[4] && lo.size(2) == ws[4], "sparse_ssd_rulebook: output labels must be (",
+                    B, ", ", hs[4], ", ", ws[4], ") for features of size (", hs[0], ", ", ws[0], "), got ",
+                    lo.sizes());
+  const auto iopts = lf.options();
+  const Tensor classes = at::arange(C, iopts).view({1, C, 1, 1});
+
+  // Masks (B, C, h_l, w_l) as 0/1 floats: max-pool does the set algebra exactly.
+  std::array<Tensor, 5> active, needed;
+  active[0] = lf.unsqueeze(1).eq(classes).to(at::kFloat);
+  for (int l = 1; l < 5; ++l) {
+    const int64_t s = strides[l - 1];
+    active[l] = at::max_pool2d(at::constant_pad_nd(active[l - 1], {1, 1, 1, 1}, 1.0), {3, 3}, {s, s});
+  }
+  needed[4] = lo.unsqueeze(1).eq(classes).to(at::kFloat);
+  for (int l = 4; l > 0; --l) needed[l - 1] = needed_inputs(needed[l], strides[l - 1], hs[l - 1], ws[l - 1]);
+
+  // Layer 1: the routed GEMM's rows, cells sorted by class (stable, IGNORE last) exactly as routed_conv1x1 sorts
+  // them, so row r of its output is the cell order[r]. Cells outside E_1 become IGNORE.
+  const Tensor explicit1 = active[0].mul(needed[0]).gt(0.5);  // (B, C, h, w)
+  const Tensor lf_masked = at::where(explicit1.any(1), lf, at::full({}, kIgnoreLabel, iopts));
+  const Tensor keys = at::where(lf_masked.eq(kIgnoreLabel), at::full({}, C, iopts), lf_masked).reshape({-1});
+  const int64_t cells = keys.numel();
+  const Tensor order = std::get<1>(at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false));
+  Tensor row_of_cell = at::empty({cells}, iopts);
+  row_of_cell.index_put_({order}, at::arange(cells, iopts));
+  // prev: (C, B, h, w) explicit row of each (class, cell) of the previous layer, -1 where not explicit.
+  Tensor prev = at::where(explicit1.permute({1, 0, 2, 3}), row_of_cell.view({1, B, hs[0], ws[0]}),
+                          at::full({}, -1, iopts)).contiguous();
+  int64_t rows = cells;
+
+  const Tensor dy = at::arange(9, iopts).div(3, "floor").sub(1).view({1, 9});
+  const Tensor dx = at::arange(9, iopts).remainder(3).sub(1).view({1, 9});
+  std::vector<Tensor> taps, offsets;
+  for (int l = 1; l < 5; ++l) {
+    const int64_t s = strides[l - 1], h = hs[l], w = ws[l], ph = hs[l - 1], pw = ws[l - 1];
+    const Tensor explicit_l = active[l].mul(needed[l]).gt(0.5).permute({1, 0, 2, 3}).contiguous();  // (C,B,h,w)
+    const Tensor idx = explicit_l.view({-1}).nonzero().view({-1});  // class-major: sorted by class, then raster
+    const int64_t P = idx.numel();
+    const Tensor pair_class = idx.div(B * h * w, "floor");
+    const Tensor rest = idx.remainder(B * h * w);
+    const Tensor b = rest.div(h * w, "floor"), cell = rest.remainder(h * w);
+    const Tensor py = cell.div(w, "floor").mul(s).unsqueeze(1).add(dy);
+    const Tensor px = cell.remainder(w).mul(s).unsqueeze(1).add(dx);
+    const Tensor inside = py.ge(0).logical_and(py.lt(ph)).logical_and(px.ge(0)).logical_and(px.lt(pw));
+    const Tensor flat = pair_class.mul(B).add(b).unsqueeze(1).mul(ph).add(py.clamp(0, ph - 1)).mul(pw).add(
+        px.clamp(0, pw - 1));
+    const Tensor row = prev.view({-1}).index_select(0, flat.view({-1})).view({P, 9});
+    const Tensor constant = pair_class.unsqueeze(1).add(rows);
+    taps.push_back(at::where(inside, at::where(row.ge(0), row, constant), at::full({}, rows + C, iopts)));
+    offsets.push_back(at::searchsorted(pair_class, at::arange(C + 1, iopts)));
+    prev = at::full({C, B, h, w}, -1, iopts);
+    prev.view({-1}).index_put_({idx}, at::arange(P, iopts));
+    rows = P;
+  }
+
+  const Tensor flat_lo = lo.reshape({-1});
+  const Tensor labelled = flat_lo.ge(0).logical_and(flat_lo.lt(C));
+  const Tensor cls = at::where(labelled, flat_lo, at::zeros({}, iopts));
+  const int64_t hw = hs[4] * ws[4];
+  const Tensor pos = at::arange(B * hw, iopts);
+  const Tensor row = prev.view({-1}).index_select(0, cls.mul(B * hw).add(pos));
+  const Tensor out_index = at::where(labelled, at::where(row.ge(0), row, cls.add(rows)),
+                                     at::full({}, rows + C, iopts));
+  return {lf_masked, taps, offsets, out_index};
+}
+
+void check_conv_args(const char* op, const Tensor& table, const Tensor& taps, const Tensor& offsets,
+                     const Tensor& weight) {
+  TORCH_CHECK_VALUE(table.dim() == 2, op, ": table must be (T, m_in), got shape ", table.sizes());
+  TORCH_CHECK_VALUE(taps.dim() == 2 && taps.size(1) == 9 && taps.scalar_type() == at::kLong, op,
+                    ": taps must be (P, 9) int64, got shape ", taps.sizes(), " and dtype ", taps.scalar_type());
+  TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 2 && offsets.scalar_type() == at::kLong, op,
+                    ": offsets must be (C+1,) int64, got shape ", offsets.sizes());
+  const int64_t C = offsets.size(0) - 1;
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) % C == 0 && weight.size(1) == table.size(1) &&
+                        weight.size(2) == 3 && weight.size(3) == 3,
+                    op, ": weight must be (C*m_out, m_in, 3, 3) with C = ", C, " and m_in = ", table.size(1),
+                    ", got shape ", weight.sizes());
+  TORCH_CHECK_TYPE(weight.scalar_type() == table.scalar_type(), op, ": weight dtype ", weight.scalar_type(),
+                   " differs from the table dtype ", table.scalar_type());
+}
+
+// Half and bfloat16 are computed in float32: the backward's segment sums add thousands of tap gradients into
+// each constant row, which 8 mantissa bits cannot hold.
+at::ScalarType compute_type(const Tensor& t) {
+  const auto st = t.scalar_type();
+  return st == at::kHalf || st == at::kBFloat16 ? at::kFloat : st;
+}
+
+// W as (C, 9*m_in, m_out) with row t*m_in + i for tap t = 3*ky + kx: the gathered taps of a pair are one row.
+Tensor tap_major_weight(const Tensor& weight, int64_t C, at::ScalarType st) {
+  const int64_t mo = weight.size(0) / C, mi = weight.size(1);
+  return weight.to(st).view({C, mo, mi, 9}).permute({0, 3, 2, 1}).reshape({C, 9 * mi, mo});
+}
+
+// Pairs per GEMM: bounds the gathered (rows, 9*m_in) operand to about 4 MB.
+int64_t chunk_rows(int64_t mi, int64_t elem) { return std::max<int64_t>(64, (int64_t{1} << 22) / (9 * mi * elem)); }
+
+template <typename F>
+void for_each_chunk(const Tensor& offsets, int64_t chunk, F&& body) {
+  const Tensor host = offsets.cpu();
+  const int64_t* off = host.data_ptr<int64_t>();
+  for (int64_t c = 0; c + 1 < host.numel(); ++c) {
+    for (int64_t r0 = off[c]; r0 < off[c + 1]; r0 += chunk) body(c, r0, std::min(chunk, off[c + 1] - r0));
+  }
+}
+
+Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps, const Tensor& offsets,
+                              const Tensor& weight, const Tensor& bias) {
+  check_conv_args("sparse_conv3x3_forward", table_in, taps, offsets, weight);
+  const int64_t C = offsets.size(0) - 1, mo = weight.size(0) / C, mi = weight.size(1), P = taps.size(0);
+  TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == C * mo, "sparse_conv3x3_forward: bias must be (", C * mo,
+                    ",), got shape ", bias.sizes());
+  const auto st = compute_type(table_in);
+  const Tensor table = table_in.to(st).contiguous(), b = bias.to(st), wt = tap_major_weight(weight, C, st);
+  Tensor out = at::empty({P, mo}, table.options());
+  for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
+    const Tensor x = table.index_select(0, taps.narrow(0, r0, n).reshape({-1})).view({n, 9 * mi});
+    Tensor dst = out.narrow(0, r0, n);
+    at::addmm_out(dst, b.narrow(0, c * mo, mo), x, wt[c]);
+  });
+  return out.to(table_in.scalar_type());
+}
+
+std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_out_in, const Tensor& table_in,
+                                                           const Tensor& taps, const Tensor& offsets,
+                                                           const Tensor& weight, std::array<bool, 3> mask) {
+  check_conv_args("sparse_conv3x3_backward", table_in, taps, offsets, weight);
+  const int64_t C = offsets.size(0) - 1, mo = weight.size(0) / C, mi = weight.size(1), P = taps.size(0);
+  TORCH_CHECK_VALUE(grad_out_in.dim() == 2 && grad_out_in.size(0) == P && grad_out_in.size(1) == mo,
+                    "sparse_conv3x3_backward: grad_out must be (P, m_out) = (", P, ", ", mo, "), got shape ",
+                    grad_out_in.sizes());
+  const auto st = compute_type(table_in);
+  const Tensor table = table_in.to(st).contiguous(), grad_out = grad_out_in.to(st).contiguous();
+  const Tensor wt = tap_major_weight(weight, C, st);
+  Tensor grad_table, grad_wt, grad_bias;
+  if (mask[0]) grad_table = at::zeros(table.sizes(), table.options());
+  if (mask[1]) grad_wt = at::zeros({C, 9 * mi, mo}, table.options());
+  if (mask[2]) grad_bias = at::zeros({C * mo}, table.options());
+  for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
+    const Tensor g = grad_out.narrow(0, r0, n);
+    const Tensor idx = taps.narrow(0, r0, n).reshape({-1});
+    if (mask[0]) grad_table.index_add_(0, idx, at::mm(g, wt[c].t()).view({n * 9, mi}));
+    if (mask[1]) {
+      Tensor dst = grad_wt[c];
+      dst.addmm_(table.index_select(0, idx).view({n, 9 * mi}).t(), g);
+    }
+    if (mask[2]) grad_bias.narrow(0, c * mo, mo).add_(g.sum(0));
+  });
+  const auto out_type = table_in.scalar_type();
+  Tensor grad_weight;
+  if (mask[1]) {
+    grad_weight = grad_wt.view({C, 3, 3, mi, mo}).permute({0, 4, 3, 1, 2}).reshape({C * mo, mi, 3, 3});
+    grad_weight = grad_weight.to(out_type);
+  }
+  return {mask[0] ? grad_table.to(out_type) : grad_table, grad_weight,
+          mask[2] ? grad_bias.to(out_type) : grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ssfdan_ext, CPU, m) {
+  m.impl("sparse_ssd_rulebook", &sparse_ssd_rulebook);
+  m.impl("sparse_conv3x3_forward", &sparse_conv3x3_forward);
+  m.impl("sparse_conv3x3_backward", &sparse_conv3x3_backward);
+}
+
+// The rulebook is device-generic ATen (its host reads are the per-layer pair counts); the convolution runs on
+// CUDA tensors only where the Triton kernels do not (float64), see ssfdan_ext/ops/sparse_ssd.py.
+TORCH_LIBRARY_IMPL(ssfdan_ext, CUDA, m) {
+  m.impl("sparse_ssd_rulebook", &sparse_ssd_rulebook);
+  m.impl("sparse_conv3x3_forward", &sparse_conv3x3_forward);
+  m.impl("sparse_conv3x3_backward", &sparse_conv3x3_backward);
+}
+
+}  // namespace ssfdan_ext
