@@ -12,7 +12,11 @@
 // active, so its value is the constant) and the zero row in the padding. The same device-generic code runs on
 // the CPU and on CUDA tensors; the only host reads are one pair count per layer (to size the outputs).
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include <array>
 #include <vector>
@@ -164,6 +168,46 @@ Tensor tap_major_weight(const Tensor& weight, int64_t C, at::ScalarType st) {
 // Pairs per GEMM: bounds the gathered (rows, 9*m_in) operand to about 4 MB.
 int64_t chunk_rows(int64_t mi, int64_t elem) { return std::max<int64_t>(64, (int64_t{1} << 22) / (9 * mi * elem)); }
 
+// x[r] = table[idx[r]] for r < count: the gathered tap rows, (count, m) contiguous.
+Tensor gather_rows(const Tensor& table, const Tensor& idx) {
+  if (!table.is_cpu()) return table.index_select(0, idx);
+  const int64_t count = idx.numel(), m = table.size(1);
+  Tensor out = at::empty({count, m}, table.options());
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "sparse_ssd_gather", [&] {
+    const scalar_t* src = table.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const int64_t* rows = idx.const_data_ptr<int64_t>();
+    at::parallel_for(0, count, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) std::copy_n(src + rows[r] * m, m, dst + r * m);
+    });
+  });
+  return out;
+}
+
+// table[idx[r]] += x[r]: the segment sum of the backward. Many pairs hit the same row (the constant and zero
+// rows above all), so threads split the columns, never the rows: no two threads write one element.
+void scatter_add_rows(Tensor& table, const Tensor& idx, const Tensor& x) {
+  if (!table.is_cpu()) {
+    table.index_add_(0, idx, x);
+    return;
+  }
+  const int64_t count = idx.numel(), m = table.size(1);
+  AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "sparse_ssd_scatter_add", [&] {
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = table.data_ptr<scalar_t>();
+    const int64_t* rows = idx.const_data_ptr<int64_t>();
+    const int64_t block = std::max<int64_t>(16, m / std::max<int64_t>(1, at::get_num_threads()));
+    at::parallel_for(0, (m + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+      const int64_t j0 = begin * block, j1 = std::min(m, end * block);
+      for (int64_t r = 0; r < count; ++r) {
+        scalar_t* d = dst + rows[r] * m;
+        const scalar_t* s = src + r * m;
+        for (int64_t j = j0; j < j1; ++j) d[j] += s[j];
+      }
+    });
+  });
+}
+
 template <typename F>
 void for_each_chunk(const Tensor& offsets, int64_t chunk, F&& body) {
   const Tensor host = offsets.cpu();
@@ -173,9 +217,10 @@ void for_each_chunk(const Tensor& offsets, int64_t chunk, F&& body) {
   }
 }
 
-Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps, const Tensor& offsets,
+Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps_in, const Tensor& offsets,
                               const Tensor& weight, const Tensor& bias) {
-  check_conv_args("sparse_conv3x3_forward", table_in, taps, offsets, weight);
+  check_conv_args("sparse_conv3x3_forward", table_in, taps_in, offsets, weight);
+  const Tensor taps = taps_in.contiguous();
   const int64_t C = offsets.size(0) - 1, mo = weight.size(0) / C, mi = weight.size(1), P = taps.size(0);
   TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == C * mo, "sparse_conv3x3_forward: bias must be (", C * mo,
                     ",), got shape ", bias.sizes());
@@ -183,7 +228,7 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps, const 
   const Tensor table = table_in.to(st).contiguous(), b = bias.to(st), wt = tap_major_weight(weight, C, st);
   Tensor out = at::empty({P, mo}, table.options());
   for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
-    const Tensor x = table.index_select(0, taps.narrow(0, r0, n).reshape({-1})).view({n, 9 * mi});
+    const Tensor x = gather_rows(table, taps.narrow(0, r0, n).reshape({-1})).view({n, 9 * mi});
     Tensor dst = out.narrow(0, r0, n);
     at::addmm_out(dst, b.narrow(0, c * mo, mo), x, wt[c]);
   });
@@ -191,9 +236,10 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps, const 
 }
 
 std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_out_in, const Tensor& table_in,
-                                                           const Tensor& taps, const Tensor& offsets,
+                                                           const Tensor& taps_in, const Tensor& offsets,
                                                            const Tensor& weight, std::array<bool, 3> mask) {
-  check_conv_args("sparse_conv3x3_backward", table_in, taps, offsets, weight);
+  check_conv_args("sparse_conv3x3_backward", table_in, taps_in, offsets, weight);
+  const Tensor taps = taps_in.contiguous();
   const int64_t C = offsets.size(0) - 1, mo = weight.size(0) / C, mi = weight.size(1), P = taps.size(0);
   TORCH_CHECK_VALUE(grad_out_in.dim() == 2 && grad_out_in.size(0) == P && grad_out_in.size(1) == mo,
                     "sparse_conv3x3_backward: grad_out must be (P, m_out) = (", P, ", ", mo, "), got shape ",
@@ -208,10 +254,10 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
     const Tensor g = grad_out.narrow(0, r0, n);
     const Tensor idx = taps.narrow(0, r0, n).reshape({-1});
-    if (mask[0]) grad_table.index_add_(0, idx, at::mm(g, wt[c].t()).view({n * 9, mi}));
+    if (mask[0]) scatter_add_rows(grad_table, idx, at::mm(g, wt[c].t()).view({n * 9, mi}));
     if (mask[1]) {
       Tensor dst = grad_wt[c];
-      dst.addmm_(table.index_select(0, idx).view({n, 9 * mi}).t(), g);
+      dst.addmm_(gather_rows(table, idx).view({n, 9 * mi}).t(), g);
     }
     if (mask[2]) grad_bias.narrow(0, c * mo, mo).add_(g.sum(0));
   });

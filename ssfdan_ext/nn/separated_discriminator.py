@@ -12,16 +12,12 @@ from .._checks import check_batch, check_floating, check_labels, check_num_class
 from .._checks import check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
-from ..ops.routed_conv1x1 import dense_layer1_checked_by_caller
+from ..ops.sparse_ssd import sparse_ssd_forward
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
-# What "auto" runs, per device type. On the CPU (benchmarks/bench_ssd.py, CPU preset, fwd+bwd) the fused backend
-# takes 434 ms against 642 ms for the per-class loop and 1290 ms for the grouped convolution, with the least
-# memory. On CUDA the per-class loop stays the default until the Triton path has been measured on a GPU; it never
-# materialises the C-times larger separated input (B, C*n, h, w) of the grouped convolution (1.3 GB per image
-# at paper scale).
-_AUTO_BACKEND = {"cpu": "fused"}
+# "auto" runs the fused backend whenever the extension is compiled: it computes only the (class, cell) pairs that
+# can reach a labelled output cell, a fraction of the dense backends' work (benchmarks/bench_ssd.py).
 
 
 def _mode_downsample(labels: Tensor, size: tuple[int, int], num_classes: int) -> Tensor:
@@ -46,9 +42,10 @@ class SeparatedDiscriminator(nn.Module):
         strides: strides of the five layers; layer 1 (1x1) must have stride 1, layers 2-5 stride 1 or 2.
         negative_slope: LeakyReLU slope.
         backend: ``"reference"`` (one conv stack per class, a loop), ``"grouped"`` (the separated tensor
-            (B, C*n, h, w) through five grouped convolutions), ``"fused"`` (separation + layer 1 as a routed GEMM
-            on the compiled CPU kernel or the Triton GPU kernels, layers 2-5 class by class) or ``"auto"`` (the
-            fastest measured: ``"fused"`` on the CPU when the extension is compiled, ``"reference"`` otherwise).
+            (B, C*n, h, w) through five grouped convolutions), ``"fused"`` (an exact sparse evaluation: separation
+            + layer 1 as a routed GEMM, layers 2-5 only on the (class, cell) pairs that differ from their class's
+            constant response and reach a labelled output cell; compiled CPU code or Triton GPU kernels) or
+            ``"auto"`` (``"fused"`` when the extension is compiled, ``"reference"`` otherwise).
             All backends compute the same function.
 
     Shapes:
@@ -109,8 +106,7 @@ class SeparatedDiscriminator(nn.Module):
         """The backend a forward on ``device`` uses."""
         if self.backend != "auto":
             return self.backend
-        backend = _AUTO_BACKEND.get(torch.device(device).type, "reference")
-        return backend if backend != "fused" or has_compiled_ops() else "reference"
+        return "fused" if has_compiled_ops() else "reference"
 
     def forward(self, features: Tensor, labels: Tensor, *,
                 label_maps: tuple[Tensor, Tensor] | None = None) -> DiscriminatorOutput:
@@ -136,16 +132,17 @@ class SeparatedDiscriminator(nn.Module):
         C = self.num_classes
         lf, lo = self._label_maps(features, labels, label_maps)
         if backend == "fused":
-            # Separation + layer 1 as the routed GEMM; layers 2-5 still run densely, class by class.
-            weight, bias = self.convs[0].weight, self.convs[0].bias
+            weights = [conv.weight for conv in self.convs]
+            biases = [conv.bias for conv in self.convs]
             if torch.is_autocast_enabled(features.device.type):
-                # A custom autograd op is not autocast: run it in the dtype autocast would give the convolution
+                # Custom autograd ops are not autocast: run them in the dtype autocast would give the convolutions
                 # (autocast leaves float64 tensors as they are).
                 dtype = torch.get_autocast_dtype(features.device.type)
-                features, weight, bias = (t if t.dtype == torch.float64 else t.to(dtype)
-                                          for t in (features, weight, bias))
-            x = F.leaky_relu(dense_layer1_checked_by_caller(features, lf, weight, bias, C), self.negative_slope)
-            return self._class_loop_layers(x, lo, first=1)
+                features, *params = (t if t.dtype == torch.float64 else t.to(dtype)
+                                     for t in (features, *weights, *biases))
+                weights, biases = params[:5], params[5:]
+            logits = sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, C, self.negative_slope)
+            return DiscriminatorOutput(logits, lo)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1)
         masks = (lf.unsqueeze(1) == classes).to(features.dtype)
         x = (masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)
@@ -172,25 +169,6 @@ class SeparatedDiscriminator(nn.Module):
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(m.shape)}")
             check_same_device(features=features, **{name.split(" ")[0]: m})
         return tuple(label_maps)
-
-    def _class_loop_layers(self, x: Tensor, lo: Tensor, first: int) -> DiscriminatorOutput:
-        """Layers ``first``..5 class by class on the grouped layout (B, C*m, h, w), then the per-cell class pick.
-
-        On the CPU a loop of per-class convolutions is about twice as fast as one grouped convolution
-        (benchmarks/bench_ssd.py); unbind gives each class a view whose gradients are gathered in one stack.
-        """
-        C = self.num_classes
-        logits = None
-        for c, xc in enumerate(x.unflatten(1, (C, -1)).unbind(1)):
-            for layer in range(first, len(self.convs)):
-                conv = self.convs[layer]
-                rows = conv.out_channels // C
-                xc = F.conv2d(xc, conv.weight[c * rows:(c + 1) * rows], conv.bias[c * rows:(c + 1) * rows],
-                              conv.stride, conv.padding)
-                if layer < len(self.convs) - 1:
-                    xc = F.leaky_relu(xc, self.negative_slope)
-            logits = torch.where((lo == c).unsqueeze(1), xc, 0 if logits is None else logits)
-        return DiscriminatorOutput(logits, lo)
 
     def _grouped_layers(self, x: Tensor, lo: Tensor, first: int) -> DiscriminatorOutput:
         """Layers ``first``..5 as grouped convolutions on the grouped layout, then the per-cell class pick."""

@@ -202,14 +202,6 @@ def routed_layer1_dense(features: Tensor, labels: Tensor, weight: Tensor, bias: 
     return _DenseLayer1.apply(features, labels, weight, bias, num_classes, impl)
 
 
-def dense_layer1_checked_by_caller(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
-                                   num_classes: int) -> Tensor:
-    """:func:`routed_layer1_dense` without the argument checks, for SeparatedDiscriminator: its feature-resolution
-    labels come from mode_downsample or from checked label maps, so a second range check (a full pass and, on
-    CUDA, a host synchronisation, three times per training iteration) would only repeat the first."""
-    return _DenseLayer1.apply(features, labels, weight, bias, num_classes, "auto")
-
-
 if has_compiled_ops():
 
     @torch.library.register_fake("ssfdan_ext::routed_conv1x1_forward")
