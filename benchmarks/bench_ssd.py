@@ -3,14 +3,16 @@
     python benchmarks/bench_ssd.py --preset cpu            # this machine's CPU
     python benchmarks/bench_ssd.py --preset paper --device cuda
 
+    python benchmarks/bench_ssd.py --preset cpu --layout checkerboard   # the worst case for the fused backend
+
 Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discriminator; ``l1`` times semantic
 separation + layer 1 alone (forward and backward), each provider in its own output layout: the C dense class
-maps (reference, grouped) or the routed rows of the class cells (fused); ``l1dense`` (fused only) adds the
-expansion of the routed rows to the dense layout that the fused backend's dense layers 2-5 read today.
+maps (reference, grouped) or the routed rows of the class cells (fused).
 
-Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints a table of median
-times with the speed-up over the reference, and writes CSV (and a PNG plot when matplotlib is installed) to
-benchmarks/results/.
+Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints the forward FLOPs of
+the dense backends and those the fused backend executes (from its rulebook), a table of median times with the
+speed-ups over the reference and the grouped backend, and writes CSV (and a PNG plot when matplotlib is
+installed) to benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -29,11 +31,12 @@ from _harness import (  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
-from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense  # noqa: E402
+from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
+from ssfdan_ext.ops.sparse_ssd import executed_flops, sparse_ssd_rulebook  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 
 PROVIDERS = ("reference", "grouped", "fused")
-MODES = ("fwd", "bwd", "full", "l1", "l1dense")
+MODES = ("fwd", "bwd", "full", "l1")
 
 
 @dataclass(frozen=True)
@@ -67,12 +70,25 @@ def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0):
     return disc, features, labels
 
 
-def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor,
-                dense: bool = False) -> torch.Tensor:
+def forward_gflop(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Forward GFLOPs (2 per multiply-add) of the dense backends and of the fused backend's explicit pairs."""
+    C, (h, w) = disc.num_classes, features.shape[-2:]
+    widths = (disc.in_channels, *disc.channels, 1)
+    sizes = [(h, w)]
+    for s in disc.strides[1:]:
+        sizes.append(((sizes[-1][0] - 1) // s + 1, (sizes[-1][1] - 1) // s + 1))
+    B = features.shape[0]
+    dense = 2 * C * B * h * w * widths[0] * widths[1]
+    dense += sum(2 * C * B * a * b * 9 * widths[l] * widths[l + 1] for l, (a, b) in enumerate(sizes[1:], start=1))
+    lf = mode_downsample(labels, (h, w), C)
+    lo = mode_downsample(labels, disc.output_size(h, w), C)
+    fused = executed_flops(sparse_ssd_rulebook(lf, lo, C, disc.strides[1:]), widths)
+    return {"dense": dense / 1e9, "fused": fused / 1e9}
+
+
+def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
     """Separation + layer 1 of ``disc.backend``, reduced to a scalar (mean square of its output)."""
     C, conv = disc.num_classes, disc.convs[0]
-    if disc.backend == "fused" and dense:
-        return routed_layer1_dense(features, lf, conv.weight, conv.bias, C).square().mean()
     if disc.backend == "fused":
         return routed_conv1x1(features, lf, conv.weight, conv.bias, C).rows.square().mean()
     if disc.backend == "grouped":
@@ -90,9 +106,9 @@ def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.
 def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, mode: str):
     """The callable and its untimed setup for one mode."""
     features = features.requires_grad_(True)
-    if mode in ("l1", "l1dense"):
+    if mode == "l1":
         lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
-        return lambda _=None: layer1_loss(disc, features, lf, dense=mode == "l1dense").backward(), None
+        return lambda _=None: layer1_loss(disc, features, lf).backward(), None
 
     def forward(_=None):
         return disc(features, labels).logits.square().mean()
@@ -131,25 +147,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"SS-D benchmark, preset {args.preset} {asdict(preset)}, layout {args.layout}, device {device}, "
           f"median of {args.repeats} (after {args.warmup} warm-up), torch threads {torch.get_num_threads()}",
           flush=True)
+    disc, features, labels = make_case(preset, args.layout, torch.device("cpu"))
+    gflop = forward_gflop(disc, features, labels)
+    print(f"forward FLOPs: dense backends {gflop['dense']:.3f} GFLOP, fused (explicit pairs) {gflop['fused']:.3f} "
+          f"GFLOP ({gflop['dense'] / gflop['fused']:.1f}x fewer)", flush=True)
     rows = []
     common = ["--preset", args.preset, "--device", args.device, "--layout", args.layout, "--repeats",
               str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     for mode in args.modes:
         for provider in args.providers:
-            if mode == "l1dense" and provider != "fused":
-                continue  # the other providers' layer 1 is dense already: the same as their l1
             row = run_worker(Path(__file__), [*common, "--providers", provider, "--modes", mode])
             print(f"  {provider:>10} {mode:>4}: {row['median_ms']:10.2f} ms, peak {row['peak_mb']:9.1f} MB",
                   flush=True)
+            row["fwd_gflop"] = round(gflop["fused" if provider == "fused" else "dense"], 4) if mode != "l1" else ""
             rows.append(row)
-    columns = ["provider", "mode", "median_ms", "peak_mb"]
+    columns = ["provider", "mode", "median_ms", "peak_mb", "fwd_gflop"]
     for base_name in ("reference", "grouped"):
         if base_name not in args.providers:
             continue
         columns += [f"speedup_vs_{base_name}", f"memory_vs_{base_name}"]
         for row in rows:
-            mode = "l1" if row["mode"] == "l1dense" else row["mode"]  # a dense layer 1 is the others' l1
-            base = next((r for r in rows if r["mode"] == mode and r["provider"] == base_name), None)
+            base = next((r for r in rows if r["mode"] == row["mode"] and r["provider"] == base_name), None)
             row[f"speedup_vs_{base_name}"] = round(base["median_ms"] / row["median_ms"], 2) if base else ""
             # peak memory of the provider relative to the base (below 1: less memory)
             row[f"memory_vs_{base_name}"] = (round(row["peak_mb"] / base["peak_mb"], 3)

@@ -35,6 +35,8 @@ step info 30 $PY -c "import ssfdan_ext; print(ssfdan_ext.build_info())"
 step tests_cuda 240 $PY -m pytest "$ROOT/tests" -m cuda -q -rs --junitxml="$OUT/tests_cuda.xml"
 step bench_confidence_select_paper 120 $PY "$ROOT/benchmarks/bench_confidence_select.py" --preset paper paper2k --device cuda \
   --repeats 10 --warmup 3 --out "$OUT"
-step bench_ssd_paper 200 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda --modes fwd full l1 l1dense \
+step bench_ssd_paper 150 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda --modes fwd full l1 \
   --repeats 5 --warmup 2 --out "$OUT"
+step bench_ssd_paper_checkerboard 90 $PY "$ROOT/benchmarks/bench_ssd.py" --preset paper --device cuda \
+  --layout checkerboard --modes full --repeats 5 --warmup 2 --out "$OUT"
 exit $status

@@ -252,7 +252,8 @@ def test_opcheck():
     ({"strides": [2, 3, 2, 2]}, "strides must be 1 or 2"),
     ({"num_classes": 0}, r"num_classes must be in \[1, 255\]"),
     ({"lo": torch.zeros(1, 3, 3, dtype=torch.long)}, r"output labels must be \(1, 1, 1\)"),
-    ({"lf": torch.zeros(1, 8, 8)}, "label maps must be int64"),
+    ({"lf": torch.zeros(1, 8, 8)}, "lf must be int64"),
+    ({"lo": torch.full((1, 1, 1), 3)}, r"lo must lie in \[0, 3\)"),
 ])
 def test_rulebook_errors(kwargs, match):
     args = {"lf": torch.zeros(1, 8, 8, dtype=torch.long), "lo": torch.zeros(1, 1, 1, dtype=torch.long),
@@ -272,3 +273,9 @@ def test_sparse_conv3x3_errors():
         sparse_conv3x3(table, taps, offsets, weight, bias[:4])
     with pytest.raises(ValueError, match="impl must be one of"):
         sparse_conv3x3(table, taps, offsets, weight, bias, impl="cuda")
+    with pytest.raises(ValueError, match=r"taps must index rows of table in \[0, 5\), got values in \[0, 5\]"):
+        sparse_conv3x3(table, taps + torch.arange(9) % 6, offsets, weight, bias)
+    with pytest.raises(ValueError, match="offsets must be .* non-decreasing from 0 to the number of pairs 2"):
+        sparse_conv3x3(table, taps, torch.tensor([0, 2, 1]), weight, bias)
+    with pytest.raises(TypeError, match="taps and offsets must be int64"):
+        sparse_conv3x3(table, taps.int(), offsets, weight, bias)

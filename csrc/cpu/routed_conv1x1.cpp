@@ -5,9 +5,12 @@
 // sorted by class (stable, IGNORE last) and each class's rows go through one GEMM with that class's weight.
 // The same device-generic code serves the CPU and, for dtypes the Triton kernels do not take, CUDA tensors.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <array>
+#include <vector>
 
 #include "../mode_downsample.h"
 
@@ -45,6 +48,52 @@ at::Tensor cell_rows(const at::Tensor& features) {
   return features.permute({0, 2, 3, 1}).reshape({-1, n}).contiguous();
 }
 
+// Offset of channel 0 of each cell (b, p) in the NCHW tensor; channel k is k*h*w further.
+std::vector<int64_t> cell_bases(const at::Tensor& cells, int64_t n, int64_t hw) {
+  const at::Tensor idx = cells.contiguous();
+  const int64_t* cell = idx.const_data_ptr<int64_t>();
+  std::vector<int64_t> base(idx.numel());
+  for (size_t r = 0; r < base.size(); ++r) base[r] = cell[r] / hw * n * hw + cell[r] % hw;
+  return base;
+}
+
+// The CPU reads a class's cells straight from NCHW as the columns of an (n, count) operand: a transposed copy
+// of the whole feature map costs several times more than these gathers, which read each channel plane in order.
+at::Tensor gather_columns(const at::Tensor& features, const at::Tensor& cells) {
+  const int64_t n = features.size(1), hw = features.size(2) * features.size(3), count = cells.numel();
+  at::Tensor out = at::empty({n, count}, features.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "routed_gather", [&] {
+    const scalar_t* src = features.const_data_ptr<scalar_t>();
+    scalar_t* dst = out.data_ptr<scalar_t>();
+    const std::vector<int64_t> base = cell_bases(cells, n, hw);
+    at::parallel_for(0, n, 8, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        scalar_t* d = dst + k * count;
+        const scalar_t* plane = src + k * hw;
+        for (int64_t r = 0; r < count; ++r) d[r] = plane[base[r]];
+      }
+    });
+  });
+  return out;
+}
+
+// grad[b, k, p] = columns[k, r] for the cell (b, p) of column r; every cell appears once, so no two writes meet.
+void scatter_columns(at::Tensor& grad, const at::Tensor& columns, const at::Tensor& cells) {
+  const int64_t n = grad.size(1), hw = grad.size(2) * grad.size(3), count = cells.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "routed_scatter", [&] {
+    const scalar_t* src = columns.const_data_ptr<scalar_t>();
+    scalar_t* dst = grad.data_ptr<scalar_t>();
+    const std::vector<int64_t> base = cell_bases(cells, n, hw);
+    at::parallel_for(0, n, 8, [&](int64_t k0, int64_t k1) {
+      for (int64_t k = k0; k < k1; ++k) {
+        const scalar_t* s = src + k * count;
+        scalar_t* plane = dst + k * hw;
+        for (int64_t r = 0; r < count; ++r) plane[base[r]] = s[r];
+      }
+    });
+  });
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::Tensor& features,
                                                                      const at::Tensor& labels,
                                                                      const at::Tensor& weight,
@@ -67,7 +116,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::
 
   const int64_t N = flat.numel();
   at::Tensor out = at::zeros({N, m}, features.options());
-  const at::Tensor rows = cell_rows(features);
+  const bool cpu = features.is_cpu();
+  const at::Tensor src = cpu ? features.contiguous() : cell_rows(features);
   const at::Tensor w = weight.reshape({C * m, n});
   const at::Tensor host_offsets = offsets.cpu();
   const int64_t* off = host_offsets.data_ptr<int64_t>();
@@ -75,8 +125,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::
     const int64_t start = off[c], count = off[c + 1] - off[c];
     if (count == 0) continue;
     at::Tensor dst = out.narrow(0, start, count);
-    at::addmm_out(dst, bias.narrow(0, c * m, m), rows.index_select(0, order.narrow(0, start, count)),
-                  w.narrow(0, c * m, m).t());
+    const at::Tensor cells = order.narrow(0, start, count);
+    const at::Tensor x = cpu ? gather_columns(src, cells).t() : src.index_select(0, cells);
+    at::addmm_out(dst, bias.narrow(0, c * m, m), x, w.narrow(0, c * m, m).t());
   }
   return {out, order, offsets};
 }
@@ -97,11 +148,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
   const at::Tensor host_offsets = offsets.cpu();
   const int64_t* off = host_offsets.data_ptr<int64_t>();
 
-  at::Tensor grad_rows, grad_weight, grad_bias, rows;
-  if (output_mask[0]) grad_rows = at::zeros({N, n}, features.options());  // IGNORE cells get no gradient
+  const bool cpu = features.is_cpu();
+  at::Tensor grad_rows, grad_weight, grad_bias, src, grad_features;
+  if (output_mask[0]) {  // IGNORE cells get no gradient
+    if (cpu) grad_features = at::zeros(features.sizes(), features.options());
+    else grad_rows = at::zeros({N, n}, features.options());
+  }
   if (output_mask[1]) {
     grad_weight = at::zeros({C * m, n}, features.options());
-    rows = cell_rows(features);
+    src = cpu ? features.contiguous() : cell_rows(features);
   }
   if (output_mask[2]) grad_bias = at::zeros({C * m}, features.options());
   for (int64_t c = 0; c < C; ++c) {
@@ -109,15 +164,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
     if (count == 0) continue;
     const at::Tensor g = grad_out.narrow(0, start, count);
     const at::Tensor idx = order.narrow(0, start, count);
-    if (output_mask[0]) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
+    if (output_mask[0] && cpu) scatter_columns(grad_features, at::mm(w.narrow(0, c * m, m).t(), g.t()), idx);
+    if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
     if (output_mask[1]) {
       at::Tensor dst = grad_weight.narrow(0, c * m, m);
-      at::mm_out(dst, g.t(), rows.index_select(0, idx));
+      at::mm_out(dst, g.t(), cpu ? gather_columns(src, idx).t() : src.index_select(0, idx));
     }
     if (output_mask[2]) grad_bias.narrow(0, c * m, m).copy_(g.sum(0));
   }
-  at::Tensor grad_features;
-  if (output_mask[0]) grad_features = grad_rows.view({B, h, w_, n}).permute({0, 3, 1, 2}).contiguous();
+  if (output_mask[0] && !cpu) grad_features = grad_rows.view({B, h, w_, n}).permute({0, 3, 1, 2}).contiguous();
   if (output_mask[1]) grad_weight = grad_weight.view(weight.sizes());
   return {grad_features, grad_weight, grad_bias};
 }

@@ -159,50 +159,55 @@ at::ScalarType compute_type(const Tensor& t) {
   return st == at::kHalf || st == at::kBFloat16 ? at::kFloat : st;
 }
 
-// W as (C, 9*m_in, m_out) with row t*m_in + i for tap t = 3*ky + kx: the gathered taps of a pair are one row.
-Tensor tap_major_weight(const Tensor& weight, int64_t C, at::ScalarType st) {
-  const int64_t mo = weight.size(0) / C, mi = weight.size(1);
-  return weight.to(st).view({C, mo, mi, 9}).permute({0, 3, 2, 1}).reshape({C, 9 * mi, mo});
-}
-
 // Pairs per GEMM: bounds the gathered (rows, 9*m_in) operand to about 4 MB.
 int64_t chunk_rows(int64_t mi, int64_t elem) { return std::max<int64_t>(64, (int64_t{1} << 22) / (9 * mi * elem)); }
 
-// x[r] = table[idx[r]] for r < count: the gathered tap rows, (count, m) contiguous.
-Tensor gather_rows(const Tensor& table, const Tensor& idx) {
-  if (!table.is_cpu()) return table.index_select(0, idx);
-  const int64_t count = idx.numel(), m = table.size(1);
-  Tensor out = at::empty({count, m}, table.options());
+// x[r, i*9 + t] = table[taps[r, t], i]: a pair's nine tap rows laid out like the weight's (m_out, m_in*3*3)
+// rows, so each class's GEMM reads the canonical weight in place.
+Tensor gather_taps(const Tensor& table, const Tensor& taps) {
+  const int64_t count = taps.size(0), mi = table.size(1);
+  if (!table.is_cpu()) {
+    return table.index_select(0, taps.reshape({-1})).view({count, 9, mi}).transpose(1, 2).reshape({count, mi * 9});
+  }
+  Tensor out = at::empty({count, mi * 9}, table.options());
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "sparse_ssd_gather", [&] {
     const scalar_t* src = table.const_data_ptr<scalar_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    const int64_t* rows = idx.const_data_ptr<int64_t>();
-    at::parallel_for(0, count, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) std::copy_n(src + rows[r] * m, m, dst + r * m);
+    const int64_t* rows = taps.const_data_ptr<int64_t>();
+    at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        scalar_t* d = dst + r * mi * 9;
+        for (int64_t t = 0; t < 9; ++t) {
+          const scalar_t* row = src + rows[r * 9 + t] * mi;
+          for (int64_t i = 0; i < mi; ++i) d[i * 9 + t] = row[i];
+        }
+      }
     });
   });
   return out;
 }
 
-// table[idx[r]] += x[r]: the segment sum of the backward. Many pairs hit the same row (the constant and zero
-// rows above all), so threads split the columns, never the rows: no two threads write one element.
-void scatter_add_rows(Tensor& table, const Tensor& idx, const Tensor& x) {
+// table[taps[r, t], i] += x[r, i*9 + t]: the segment sum of the backward. Many pairs hit the same row (the
+// constant and zero rows above all), so threads split the channels, never the pairs: no element has two writers.
+void scatter_add_taps(Tensor& table, const Tensor& taps, const Tensor& x) {
+  const int64_t count = taps.size(0), mi = table.size(1);
   if (!table.is_cpu()) {
-    table.index_add_(0, idx, x);
+    table.index_add_(0, taps.reshape({-1}), x.view({count, mi, 9}).transpose(1, 2).reshape({count * 9, mi}));
     return;
   }
-  const int64_t count = idx.numel(), m = table.size(1);
   AT_DISPATCH_FLOATING_TYPES(table.scalar_type(), "sparse_ssd_scatter_add", [&] {
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = table.data_ptr<scalar_t>();
-    const int64_t* rows = idx.const_data_ptr<int64_t>();
-    const int64_t block = std::max<int64_t>(16, m / std::max<int64_t>(1, at::get_num_threads()));
-    at::parallel_for(0, (m + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
-      const int64_t j0 = begin * block, j1 = std::min(m, end * block);
+    const int64_t* rows = taps.const_data_ptr<int64_t>();
+    const int64_t block = std::max<int64_t>(8, (mi + at::get_num_threads() - 1) / at::get_num_threads());
+    at::parallel_for(0, (mi + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+      const int64_t i0 = begin * block, i1 = std::min(mi, end * block);
       for (int64_t r = 0; r < count; ++r) {
-        scalar_t* d = dst + rows[r] * m;
-        const scalar_t* s = src + r * m;
-        for (int64_t j = j0; j < j1; ++j) d[j] += s[j];
+        const scalar_t* s = src + r * mi * 9;
+        const int64_t* tap = rows + r * 9;
+        for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t t = 0; t < 9; ++t) dst[tap[t] * mi + i] += s[i * 9 + t];
+        }
       }
     });
   });
@@ -225,12 +230,12 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps_in, con
   TORCH_CHECK_VALUE(bias.dim() == 1 && bias.size(0) == C * mo, "sparse_conv3x3_forward: bias must be (", C * mo,
                     ",), got shape ", bias.sizes());
   const auto st = compute_type(table_in);
-  const Tensor table = table_in.to(st).contiguous(), b = bias.to(st), wt = tap_major_weight(weight, C, st);
+  const Tensor table = table_in.to(st).contiguous(), b = bias.to(st);
+  const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
   Tensor out = at::empty({P, mo}, table.options());
   for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
-    const Tensor x = gather_rows(table, taps.narrow(0, r0, n).reshape({-1})).view({n, 9 * mi});
     Tensor dst = out.narrow(0, r0, n);
-    at::addmm_out(dst, b.narrow(0, c * mo, mo), x, wt[c]);
+    at::addmm_out(dst, b.narrow(0, c * mo, mo), gather_taps(table, taps.narrow(0, r0, n)), wt[c].t());
   });
   return out.to(table_in.scalar_type());
 }
@@ -246,29 +251,25 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
                     grad_out_in.sizes());
   const auto st = compute_type(table_in);
   const Tensor table = table_in.to(st).contiguous(), grad_out = grad_out_in.to(st).contiguous();
-  const Tensor wt = tap_major_weight(weight, C, st);
-  Tensor grad_table, grad_wt, grad_bias;
+  const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
+  Tensor grad_table, grad_weight, grad_bias;
   if (mask[0]) grad_table = at::zeros(table.sizes(), table.options());
-  if (mask[1]) grad_wt = at::zeros({C, 9 * mi, mo}, table.options());
+  if (mask[1]) grad_weight = at::zeros({C, mo, mi * 9}, table.options());
   if (mask[2]) grad_bias = at::zeros({C * mo}, table.options());
   for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
     const Tensor g = grad_out.narrow(0, r0, n);
-    const Tensor idx = taps.narrow(0, r0, n).reshape({-1});
-    if (mask[0]) scatter_add_rows(grad_table, idx, at::mm(g, wt[c].t()).view({n * 9, mi}));
+    const Tensor chunk_taps = taps.narrow(0, r0, n);
+    if (mask[0]) scatter_add_taps(grad_table, chunk_taps, at::mm(g, wt[c]));
     if (mask[1]) {
-      Tensor dst = grad_wt[c];
-      dst.addmm_(gather_rows(table, idx).view({n, 9 * mi}).t(), g);
+      Tensor dst = grad_weight[c];
+      dst.addmm_(g.t(), gather_taps(table, chunk_taps));
     }
     if (mask[2]) grad_bias.narrow(0, c * mo, mo).add_(g.sum(0));
   });
   const auto out_type = table_in.scalar_type();
-  Tensor grad_weight;
-  if (mask[1]) {
-    grad_weight = grad_wt.view({C, 3, 3, mi, mo}).permute({0, 4, 3, 1, 2}).reshape({C * mo, mi, 3, 3});
-    grad_weight = grad_weight.to(out_type);
-  }
-  return {mask[0] ? grad_table.to(out_type) : grad_table, grad_weight,
-          mask[2] ? grad_bias.to(out_type) : grad_bias};
+  const auto cast = [&](const Tensor& t) { return t.defined() ? t.to(out_type) : t; };
+  if (mask[1]) grad_weight = grad_weight.view(weight.sizes());
+  return {cast(grad_table), cast(grad_weight), cast(grad_bias)};
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .._checks import check_floating, check_labels, check_num_classes, check_same_device, check_tensor
 from .._ext import has_compiled_ops, require_compiled
 from .routed_conv1x1 import _RoutedConv1x1, triton_available
 
@@ -55,11 +56,19 @@ class Rulebook(NamedTuple):
 def sparse_ssd_rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Sequence[int]) -> Rulebook:
     """The rulebook of the exact sparse evaluation for one pair of label maps.
 
-    ``strides`` are those of layers 2-5 (each 1 or 2). Labels must already be validated (values in [0, C) or
-    IGNORE); the discriminator's mode-downsampled maps are.
+    ``strides`` are those of layers 2-5 (each 1 or 2).
 
-    Shapes: lf (B, h, w) int64 at the feature resolution, lo (B, h', w') int64 at the output resolution.
+    Shapes: lf (B, h, w) int64 at the feature resolution, lo (B, h', w') int64 at the output resolution, both
+    with values in [0, C) or 255 (IGNORE).
     """
+    num_classes = check_num_classes(num_classes)
+    check_labels(lf, "lf", num_classes)
+    check_labels(lo, "lo", num_classes)
+    return _rulebook(lf, lo, num_classes, strides)
+
+
+def _rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Sequence[int]) -> Rulebook:
+    """:func:`sparse_ssd_rulebook` on label maps the caller has validated (no extra pass over them)."""
     require_compiled("sparse_ssd_rulebook")
     lf_masked, taps, offsets, out_index = torch.ops.ssfdan_ext.sparse_ssd_rulebook(lf, lo, num_classes,
                                                                                    list(strides))
@@ -120,7 +129,26 @@ def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
                          f"{table.device}")
     if impl != "triton":
         require_compiled("sparse_conv3x3")
+    _check_conv(table, taps, offsets, weight, bias)
     return _SparseConv3x3.apply(table, weight, bias, taps, offsets, impl)
+
+
+def _check_conv(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor) -> None:
+    check_tensor(table, "table", 2, "(T, m_in)")
+    check_floating(table, "table")
+    check_tensor(taps, "taps", 2, "(P, 9)")
+    check_tensor(offsets, "offsets", 1, "(C+1,)")
+    check_same_device(table=table, taps=taps, offsets=offsets, weight=weight, bias=bias)
+    if taps.dtype != torch.int64 or offsets.dtype != torch.int64:
+        raise TypeError(f"taps and offsets must be int64, got {taps.dtype} and {offsets.dtype}")
+    # The kernels read table[taps] unchecked: every row index and the class ranges must be valid first.
+    if taps.numel() and (int(taps.min()) < 0 or int(taps.max()) >= table.shape[0]):
+        raise ValueError(f"taps must index rows of table in [0, {table.shape[0]}), got values in "
+                         f"[{int(taps.min())}, {int(taps.max())}]")
+    if offsets.numel() < 2 or int(offsets[0]) != 0 or int(offsets[-1]) != taps.shape[0] or bool(
+            (offsets[1:] < offsets[:-1]).any()):
+        raise ValueError(f"offsets must be (C+1,) non-decreasing from 0 to the number of pairs {taps.shape[0]}, "
+                         f"got {offsets.tolist() if offsets.numel() <= 8 else tuple(offsets.shape)}")
 
 
 def class_constants(weights: Sequence[Tensor], biases: Sequence[Tensor], num_classes: int,
@@ -160,13 +188,13 @@ def sparse_ssd_forward(features: Tensor, lf: Tensor, lo: Tensor, weights: Sequen
     """
     C = num_classes
     if rulebook is None:
-        rulebook = sparse_ssd_rulebook(lf, lo, C, strides[1:])
+        rulebook = _rulebook(lf, lo, C, strides[1:])
     rows = _RoutedConv1x1.apply(features, rulebook.lf_masked, weights[0], biases[0], C, impl)[0]
     constants = class_constants(weights, biases, C, negative_slope)
     x = F.leaky_relu(rows, negative_slope)
     for layer in range(1, len(weights)):
-        x = sparse_conv3x3(_table(x, constants[layer - 1]), rulebook.taps[layer - 1],
-                           rulebook.offsets[layer - 1], weights[layer], biases[layer], impl)
+        x = _SparseConv3x3.apply(_table(x, constants[layer - 1]), weights[layer], biases[layer],
+                                 rulebook.taps[layer - 1], rulebook.offsets[layer - 1], impl)
         if layer < len(weights) - 1:
             x = F.leaky_relu(x, negative_slope)
     logits = _table(x, constants[-1]).index_select(0, rulebook.out_index)
