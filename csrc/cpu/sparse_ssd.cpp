@@ -28,14 +28,29 @@ namespace {
 
 using at::Tensor;
 
-// Dilation of the needed set through a 3x3 layer of stride s with padding 1: an input cell p is needed when
-// p = s*q + t - 1 for a needed output cell q and a tap t in {0, 1, 2} (per axis). Placing N_l at the positions
-// 1 + s*q of a zero canvas turns this into a 3x3 max-pool of stride 1; only max is used, so it is exact.
+// Any over the 3x3 windows of stride s of a padded boolean mask (B, C, H+2, W+2) -> (B, C, out_h, out_w): a
+// max-pool written as three shifted strided slices per axis (boolean ors are cheaper than a float max-pool).
+Tensor window_any(const Tensor& padded, int64_t s, int64_t out_h, int64_t out_w) {
+  const auto shifted = [&](const Tensor& t, int64_t dim, int64_t out) {
+    const auto slice = [&](int64_t k) { return t.slice(dim, k, k + s * (out - 1) + 1, s); };
+    return slice(0).logical_or(slice(1)).logical_or_(slice(2));
+  };
+  return shifted(shifted(padded, 2, out_h), 3, out_w);
+}
+
+// Forward-active cells of a 3x3 layer of stride s: the footprint touches an active cell or the zero padding.
+Tensor active_outputs(const Tensor& active, int64_t s, int64_t out_h, int64_t out_w) {
+  return window_any(at::constant_pad_nd(active, {1, 1, 1, 1}, 1), s, out_h, out_w);
+}
+
+// Needed inputs of a 3x3 layer of stride s with padding 1: p is needed when p = s*q + t - 1 for a needed output
+// cell q and a tap t in {0, 1, 2} (per axis). Placing N_l at the positions 1 + s*q of an empty canvas turns this
+// into a 3x3 window of stride 1.
 Tensor needed_inputs(const Tensor& needed, int64_t s, int64_t in_h, int64_t in_w) {
   const int64_t B = needed.size(0), C = needed.size(1), h = needed.size(2), w = needed.size(3);
   Tensor canvas = at::zeros({B, C, in_h + 2, in_w + 2}, needed.options());
   canvas.slice(2, 1, 1 + s * (h - 1) + 1, s).slice(3, 1, 1 + s * (w - 1) + 1, s).copy_(needed);
-  return at::max_pool2d(canvas, {3, 3}, {1, 1});
+  return window_any(canvas, 1, in_h, in_w);
 }
 
 void check_rulebook_args(const Tensor& lf, const Tensor& lo, int64_t C, at::IntArrayRef strides) {
@@ -76,19 +91,16 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, Tensor> sparse_ssd_
   const auto iopts = lf.options();
   const Tensor classes = at::arange(C, iopts).view({1, C, 1, 1});
 
-  // Masks (B, C, h_l, w_l) as 0/1 floats: max-pool does the set algebra exactly.
+  // Boolean masks (B, C, h_l, w_l).
   std::array<Tensor, 5> active, needed;
-  active[0] = lf.unsqueeze(1).eq(classes).to(at::kFloat);
-  for (int l = 1; l < 5; ++l) {
-    const int64_t s = strides[l - 1];
-    active[l] = at::max_pool2d(at::constant_pad_nd(active[l - 1], {1, 1, 1, 1}, 1.0), {3, 3}, {s, s});
-  }
-  needed[4] = lo.unsqueeze(1).eq(classes).to(at::kFloat);
+  active[0] = lf.unsqueeze(1).eq(classes);
+  for (int l = 1; l < 5; ++l) active[l] = active_outputs(active[l - 1], strides[l - 1], hs[l], ws[l]);
+  needed[4] = lo.unsqueeze(1).eq(classes);
   for (int l = 4; l > 0; --l) needed[l - 1] = needed_inputs(needed[l], strides[l - 1], hs[l - 1], ws[l - 1]);
 
   // Layer 1: the routed GEMM's rows, cells sorted by class (stable, IGNORE last) exactly as routed_conv1x1 sorts
   // them, so row r of its output is the cell order[r]. Cells outside E_1 become IGNORE.
-  const Tensor explicit1 = active[0].mul(needed[0]).gt(0.5);  // (B, C, h, w)
+  const Tensor explicit1 = active[0].logical_and(needed[0]);  // (B, C, h, w)
   const Tensor lf_masked = at::where(explicit1.any(1), lf, at::full({}, kIgnoreLabel, iopts));
   const Tensor keys = at::where(lf_masked.eq(kIgnoreLabel), at::full({}, C, iopts), lf_masked).reshape({-1});
   const int64_t cells = keys.numel();
@@ -105,7 +117,7 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, Tensor> sparse_ssd_
   std::vector<Tensor> taps, offsets;
   for (int l = 1; l < 5; ++l) {
     const int64_t s = strides[l - 1], h = hs[l], w = ws[l], ph = hs[l - 1], pw = ws[l - 1];
-    const Tensor explicit_l = active[l].mul(needed[l]).gt(0.5).permute({1, 0, 2, 3}).contiguous();  // (C,B,h,w)
+    const Tensor explicit_l = active[l].logical_and(needed[l]).permute({1, 0, 2, 3}).contiguous();  // (C,B,h,w)
     const Tensor idx = explicit_l.view({-1}).nonzero().view({-1});  // class-major: sorted by class, then raster
     const int64_t P = idx.numel();
     const Tensor pair_class = idx.div(B * h * w, "floor");
