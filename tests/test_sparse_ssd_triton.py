@@ -161,6 +161,18 @@ def test_any_subset_of_gradients(interpreted, mask):
             assert_close_scaled(g, g_ref, "gradient")
 
 
+def test_non_contiguous_inputs(interpreted):
+    table, taps, offsets, weight, bias = _layer_case(C=2, strides=(1, 1, 1, 1), layer=0, mi=6, mo=4, h=5, w=6)
+    grad_out = torch.randn(taps.shape[0], 4, dtype=torch.float64)
+    strided = [torch.stack([t, t], dim=-1)[..., 0] for t in (table, taps, grad_out)]
+    w_strided = weight.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3)
+    assert not any(t.is_contiguous() for t in (*strided, w_strided))
+    out, grads = _triton(interpreted, strided[0], strided[1], offsets, w_strided, bias, strided[2])
+    ref, ref_grads = _aten(table, taps, offsets, weight, bias, grad_out)
+    for name, g, g_ref in zip(("out", "table", "weight", "bias"), (out, *grads), (ref, *ref_grads)):
+        assert_close_scaled(g, g_ref, name)
+
+
 def test_layer_without_pairs(interpreted):
     # No output cell is labelled: no layer has an explicit pair, the gradients are zeros of the right shapes.
     table, taps, offsets, weight, bias = _layer_case(C=2, strides=(1, 2, 1, 1), layer=2, mi=5, mo=3, ignore=1.0)

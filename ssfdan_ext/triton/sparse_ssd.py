@@ -186,7 +186,7 @@ def _acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
 def _tap_major(weight: Tensor, C: int) -> Tensor:
     """W as (C, 9, m_in, m_out): a class's tap t is one contiguous (m_in, m_out) block."""
     mo, mi = weight.shape[0] // C, weight.shape[1]
-    return weight.view(C, mo, mi, 9).permute(0, 3, 2, 1).contiguous()
+    return weight.reshape(C, mo, mi, 9).permute(0, 3, 2, 1).contiguous()
 
 
 def _row_class(offsets: Tensor, P: int) -> Tensor:
