@@ -24,13 +24,13 @@ def test_ablation_table_tiny(tmp_path, capsys):
     text = out.read_text()
     assert "Command: `python benchmarks/ablation_synthetic.py --tiny --iterations 2 --seeds 0 1" in text
     lines = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
-    assert len(lines) == len(ablation.ROWS) == 10
+    assert len(lines) == len(ablation.ROWS) == 11
     for line, (label, _) in zip(lines, ablation.ROWS):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[1] == label
         mean, std = (float(v) for v in cells[2].split(" ± "))
         per_seed = [float(v) for v in cells[4].split(", ")]
         assert len(per_seed) == 2 and mean == pytest.approx(sum(per_seed) / 2, abs=0.006) and std >= 0
-    assert len(out.with_suffix(".csv").read_text().splitlines()) == 1 + 10 * 2
+    assert len(out.with_suffix(".csv").read_text().splitlines()) == 1 + 11 * 2
     with pytest.raises(SystemExit, match="row numbers"):
-        ablation.main(["--tiny", "--rows", "11", "--out", str(out)])
+        ablation.main(["--tiny", "--rows", "12", "--out", str(out)])
