@@ -25,21 +25,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, adaptation: str) -> None:
+def _worker(rank: int, world: int, port: int, out_dir: str, adaptation: str, backend: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
-    result = train(tiny_config(out_dir, adaptation=adaptation, batch_size=1, **SETTINGS))
+    result = train(tiny_config(out_dir, adaptation=adaptation, batch_size=1, disc_backend=backend, **SETTINGS))
     torch.save({"model": result.model.state_dict(), "discs": result.discriminators.state_dict()},
                os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("adaptation", ["ssd+global", "soft"])
-def test_two_process_ddp_equals_one_process(tmp_path, adaptation):
+@pytest.mark.parametrize("adaptation, backend", [("ssd+global", "fused"), ("soft", "grouped")])
+def test_two_process_ddp_equals_one_process(tmp_path, adaptation, backend):
     ddp_dir, single_dir = tmp_path / "ddp", tmp_path / "single"
-    mp.spawn(_worker, args=(2, _free_port(), str(ddp_dir), adaptation), nprocs=2, join=True)
+    # Each worker sets the environment torchrun would (RANK, WORLD_SIZE, ...) and calls the driver.
+    mp.spawn(_worker, args=(2, _free_port(), str(ddp_dir), adaptation, backend), nprocs=2, join=True)
     ranks = [torch.load(ddp_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
-    single = train(tiny_config(single_dir, adaptation=adaptation, batch_size=2, **SETTINGS))
+    single = train(tiny_config(single_dir, adaptation=adaptation, batch_size=2, disc_backend=backend, **SETTINGS))
     for part, module in (("model", single.model), ("discs", single.discriminators)):
         for name, value in module.state_dict().items():
             assert torch.equal(ranks[0][part][name], ranks[1][part][name]), f"ranks differ in {part}.{name}"

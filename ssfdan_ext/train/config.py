@@ -156,7 +156,10 @@ def _choice(key: str, value: str, choices: Sequence[str]) -> None:
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
-    """Check the values that the types alone do not constrain; raises ConfigError naming the key."""
+    """Check the values that the types alone do not constrain; raises ConfigError naming the key.
+
+    Shapes: n/a.
+    """
     from ..data import DATASETS
     from ..models import MODELS
 

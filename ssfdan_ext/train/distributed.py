@@ -83,12 +83,18 @@ def mean_over_ranks(values: Tensor, info: DistInfo) -> Tensor:
 
 
 def barrier(info: DistInfo) -> None:
-    """Wait for every rank (no-op for one process)."""
+    """Wait for every rank (no-op for one process).
+
+    Shapes: n/a.
+    """
     if info.enabled:
         dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group."""
+    """Leave the process group.
+
+    Shapes: n/a.
+    """
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()

@@ -157,7 +157,8 @@ class Trainer:
             if self.dist.is_main:
                 print(f"resume=true but {self.ckpt.directory} holds no checkpoint: starting afresh")
             return
-        state = CheckpointManager.load(path, self.device)
+        # On the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
+        state = CheckpointManager.load(path, "cpu")
         self.model.load_state_dict(state["model"])
         self.discs.load_state_dict(state["discriminators"])
         self.opt_g.load_state_dict(state["opt_g"])
