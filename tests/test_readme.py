@@ -91,3 +91,26 @@ def test_evaluation_commands_parse():
     for command in commands:
         args = parser().parse_args(command.split()[1:])
         assert args.checkpoint and args.dataset
+
+
+def test_main_command_is_the_synthetic_training_run():
+    root = Path(__file__).resolve().parent.parent
+    command = _block("main-command").strip()
+    assert command.count("\n") == 0 and "--no-build-isolation" in command
+    assert command.endswith("&& ssfdan-train --config configs/synthetic.yaml")
+    # The embedded default and the documented file are the same config.
+    assert (root / "configs" / "synthetic.yaml").read_text() == (
+        root / "ssfdan_ext" / "train" / "configs" / "synthetic.yaml").read_text()
+
+
+def test_training_commands_load():
+    from ssfdan_ext.train import load_config
+    from ssfdan_ext.train.cli import parser
+
+    root = Path(__file__).resolve().parent.parent
+    commands = re.findall(r"^(ssfdan-train .*?)(?:\s+#.*)?$", README, re.M)
+    assert len(commands) >= 4
+    for command in commands:
+        args = parser().parse_args(command.split()[1:])
+        cfg = load_config(root / args.config if args.config else None, args.overrides)
+        assert cfg.iterations >= 1

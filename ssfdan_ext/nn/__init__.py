@@ -1,4 +1,7 @@
-"""Discriminator modules."""
+"""Discriminator modules: the SS-D and the baselines of the ablation table."""
+from .baselines import (GlobalDiscriminator, SoftDiscriminator, labelled_cells, soft_adversarial_loss,
+                        soft_class_weights, soft_discriminator_loss)
 from .separated_discriminator import SeparatedDiscriminator
 
-__all__ = ["SeparatedDiscriminator"]
+__all__ = ["GlobalDiscriminator", "SeparatedDiscriminator", "SoftDiscriminator", "labelled_cells",
+           "soft_adversarial_loss", "soft_class_weights", "soft_discriminator_loss"]

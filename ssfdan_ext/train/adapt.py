@@ -1,0 +1,174 @@
+"""The adversarial part of an iteration for every ablation mode: masks, discriminators and their losses.
+
+Modes (SPEC section 6): ``none`` (source only), ``global``, ``soft``, ``ssd`` and the sums ``soft+global``,
+``ssd+global``. Each loss is returned with the count it was normalised by, so that the driver can make a
+multi-process run equal to one process with the whole batch (see :mod:`.distributed`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import IGNORE, adversarial_loss, confidence_select, discriminator_loss, mode_downsample
+from ..nn import (GlobalDiscriminator, SeparatedDiscriminator, SoftDiscriminator, labelled_cells,
+                  soft_adversarial_loss, soft_class_weights, soft_discriminator_loss)
+from ..types import DiscriminatorOutput
+from .config import TrainConfig
+
+
+class Masks(NamedTuple):
+    """What the discriminators of one domain need besides the features.
+
+    Shapes: labels (B, H, W) int64 (kept pseudo labels or ground truth); maps ((B, h, w), (B, h', w')) their
+    mode downsamplings to the feature and SS-D output sizes; tau (B, C) CA-R weights of the target or None;
+    soft (B, C, h', w') class fractions of the unfiltered prediction, or None.
+    """
+
+    labels: Tensor | None
+    maps: tuple[Tensor, Tensor] | None
+    tau: Tensor | None
+    soft: Tensor | None
+
+
+class LossTerm(NamedTuple):
+    """A loss and the count (over this process's batch) it was divided by.
+
+    Shapes: loss scalar, count int64 scalar.
+    """
+
+    name: str
+    loss: Tensor
+    count: Tensor
+
+
+def _negated(output: DiscriminatorOutput) -> DiscriminatorOutput:
+    # BCE(x, 1) = BCE(-x, 0): the target half of the discriminator loss through adversarial_loss.
+    return DiscriminatorOutput(-output.logits, output.labels)
+
+
+def _cells(labels: Tensor) -> Tensor:
+    return (labels != IGNORE).sum()
+
+
+class Discriminators(nn.Module):
+    """The discriminators of one ablation mode (none for ``adaptation=none``).
+
+    ``forward`` computes the discriminator step's loss terms (detached features); :meth:`generator_terms` the
+    adversarial terms of the generator step. Call ``forward`` through DistributedDataParallel and
+    :meth:`generator_terms` on the plain module (its parameters are frozen during the generator step).
+
+    Shapes: features (B, n, h, w); masks as :class:`Masks`.
+    """
+
+    def __init__(self, cfg: TrainConfig, in_channels: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        parts = cfg.adaptation.split("+")
+        kw = {"in_channels": in_channels, "channels": tuple(cfg.disc_channels), "strides": tuple(cfg.disc_strides)}
+        self.ssd = (SeparatedDiscriminator(cfg.num_classes, backend=cfg.disc_backend, **kw)
+                    if "ssd" in parts else None)
+        self.soft = SoftDiscriminator(cfg.num_classes, **kw) if "soft" in parts else None
+        self.glob = GlobalDiscriminator(**kw) if "global" in parts else None
+        self.num_classes = cfg.num_classes
+
+    @property
+    def active(self) -> bool:
+        return any(d is not None for d in (self.ssd, self.soft, self.glob))
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        from ..reference import ssd_output_size
+
+        return ssd_output_size(h, w, tuple(self.cfg.disc_strides))
+
+    @torch.no_grad()
+    def target_masks(self, pred: Tensor, rho: float, feature_size: tuple[int, int]) -> tuple[Masks, Tensor]:
+        """Pseudo labels of the target by confidence selection (and the soft class fractions).
+
+        Returns the masks and the per-class tau (the Selection's, whether or not CA-R is on) for logging.
+
+        Shapes: pred (B, C, H, W) detached logits at the image size.
+        """
+        out = self.output_size(*feature_size)
+        labels = maps = tau = soft = None
+        sel_tau = torch.zeros(pred.shape[0], self.num_classes, device=pred.device)
+        if self.ssd is not None:
+            sel = confidence_select(pred.float(), rho, out_sizes=(feature_size, out))
+            labels, maps, sel_tau = sel.labels, tuple(sel.downsampled), sel.tau
+            tau = sel.tau if self.cfg.car else None
+        if self.soft is not None:
+            soft = soft_class_weights(pred.argmax(1), out, self.num_classes)
+        return Masks(labels, maps, tau, soft), sel_tau
+
+    @torch.no_grad()
+    def source_masks(self, pred: Tensor, ground_truth: Tensor, rho: float, feature_size: tuple[int, int]) -> Masks:
+        """Source masks from the source prediction (confidence selection, same rho) or the ground truth.
+
+        Shapes: pred (B, C, H, W) detached logits at the label size, ground_truth (B, H, W).
+        """
+        out = self.output_size(*feature_size)
+        labels = maps = soft = None
+        use_truth = self.cfg.source_masks == "ground_truth"
+        if self.ssd is not None:
+            if use_truth:
+                labels = ground_truth
+                maps = (mode_downsample(labels, feature_size, self.num_classes),
+                        mode_downsample(labels, out, self.num_classes))
+            else:
+                sel = confidence_select(pred.float(), rho, out_sizes=(feature_size, out))
+                labels, maps = sel.labels, tuple(sel.downsampled)
+        if self.soft is not None:
+            soft = soft_class_weights(ground_truth if use_truth else pred.argmax(1), out, self.num_classes)
+        return Masks(labels, maps, None, soft)
+
+    def generator_terms(self, feat_t: Tensor, masks_t: Masks) -> list[LossTerm]:
+        """Adversarial losses of the target features (each against the source domain label)."""
+        terms = []
+        if self.ssd is not None:
+            out = self.ssd(feat_t, masks_t.labels, label_maps=masks_t.maps)
+            terms.append(LossTerm("ssd", adversarial_loss(out, masks_t.tau), _cells(out.labels)))
+        if self.soft is not None:
+            terms.append(LossTerm("soft", soft_adversarial_loss(self.soft(feat_t), masks_t.soft),
+                                  labelled_cells(masks_t.soft)))
+        if self.glob is not None:
+            out = self.glob(feat_t)
+            terms.append(LossTerm("global", adversarial_loss(out), _cells(out.labels)))
+        return terms
+
+    def forward(self, feat_s: Tensor, feat_t: Tensor, masks_s: Masks, masks_t: Masks,
+                split: bool = False) -> list[LossTerm]:
+        """Discriminator losses on (detached) features; the target tau weights both domains.
+
+        ``split=False`` gives each discriminator's loss as one term (``discriminator_loss``);
+        ``split=True`` gives the source and target halves (times 0.5) as separate terms with their own counts,
+        which a multi-process run needs to normalise each half over the global batch.
+        """
+        terms = []
+        if self.ssd is not None:
+            out_s = self.ssd(feat_s, masks_s.labels, label_maps=masks_s.maps)
+            out_t = self.ssd(feat_t, masks_t.labels, label_maps=masks_t.maps)
+            if split:
+                terms += [LossTerm("ssd_s", 0.5 * adversarial_loss(out_s, masks_t.tau), _cells(out_s.labels)),
+                          LossTerm("ssd_t", 0.5 * adversarial_loss(_negated(out_t), masks_t.tau),
+                                   _cells(out_t.labels))]
+            else:
+                terms.append(LossTerm("ssd", discriminator_loss(out_s, out_t, masks_t.tau), _cells(out_t.labels)))
+        if self.soft is not None:
+            d_s, d_t = self.soft(feat_s), self.soft(feat_t)
+            if split:
+                terms += [LossTerm("soft_s", 0.5 * soft_adversarial_loss(d_s, masks_s.soft),
+                                   labelled_cells(masks_s.soft)),
+                          LossTerm("soft_t", 0.5 * soft_adversarial_loss(-d_t, masks_t.soft),
+                                   labelled_cells(masks_t.soft))]
+            else:
+                terms.append(LossTerm("soft", soft_discriminator_loss(d_s, masks_s.soft, d_t, masks_t.soft),
+                                      labelled_cells(masks_t.soft)))
+        if self.glob is not None:
+            out_s, out_t = self.glob(feat_s), self.glob(feat_t)
+            if split:
+                terms += [LossTerm("global_s", 0.5 * adversarial_loss(out_s), _cells(out_s.labels)),
+                          LossTerm("global_t", 0.5 * adversarial_loss(_negated(out_t)), _cells(out_t.labels))]
+            else:
+                terms.append(LossTerm("global", discriminator_loss(out_s, out_t), _cells(out_t.labels)))
+        return terms
