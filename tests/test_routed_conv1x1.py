@@ -84,6 +84,17 @@ def test_rows_and_gradients_match_separated_convolution(device, shape, ignore):
         assert (grads[0] == 0).all()  # no cell has a class: separation zeroes every feature
 
 
+def test_classes_larger_than_one_cpu_block():
+    # With n = 2048 the CPU kernels split a class into blocks of 256 cells; 30x40 cells of 2 classes span several.
+    features, labels, weight, bias = _case(B=1, n=2048, h=30, w=40, C=2, m=3, ignore=0.1)
+    assert int((labels == 0).sum()) > 2 * 256
+    leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    dense = routed_layer1_dense(leaves[0], labels, leaves[1], leaves[2], 2)
+    ref_leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    _compare_with_gradients(dense, leaves, _separated_conv(ref_leaves[0], labels, ref_leaves[1], ref_leaves[2], 2),
+                            ref_leaves)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_routed_bias_gradient_covers_class_cells_only(device):
     features, labels, weight, bias = _case(B=2, C=3, device=device)

@@ -104,11 +104,12 @@ def test_rulebook_is_sparse_on_street_layouts_and_counts_flops():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype):
+@pytest.mark.parametrize("dtype,C,mi,B,h,w", [(torch.float32, 3, 5, 2, 7, 6), (torch.float64, 3, 5, 2, 7, 6),
+                                              (torch.float32, 2, 1024, 1, 24, 24)])  # 144 pairs: several blocks
+def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, B, h, w):
     # Explicit rows on a full grid, no constants: the layer is one grouped 3x3 convolution, stride 2.
     torch.manual_seed(0)
-    C, mi, mo, B, h, w = 3, 5, 4, 2, 7, 6
+    mo = 4
     x = torch.randn(B, C * mi, h, w, dtype=dtype, device=device)
     weight = torch.randn(C * mo, mi, 3, 3, dtype=dtype, device=device)
     bias = torch.randn(C * mo, dtype=dtype, device=device)

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -56,6 +57,9 @@ std::vector<int64_t> cell_bases(const at::Tensor& cells, int64_t n, int64_t hw) 
   for (size_t r = 0; r < base.size(); ++r) base[r] = cell[r] / hw * n * hw + cell[r] % hw;
   return base;
 }
+
+// Cells per GEMM on the CPU: bounds the gathered (n, cells) operand and its gradient to about 2 MB each.
+int64_t cells_per_chunk(int64_t n, int64_t elem) { return std::max<int64_t>(256, (int64_t{1} << 21) / (n * elem)); }
 
 // The CPU reads a class's cells straight from NCHW as the columns of an (n, count) operand: a transposed copy
 // of the whole feature map costs several times more than these gathers, which read each channel plane in order.
@@ -121,13 +125,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::
   const at::Tensor w = weight.reshape({C * m, n});
   const at::Tensor host_offsets = offsets.cpu();
   const int64_t* off = host_offsets.data_ptr<int64_t>();
+  const int64_t chunk = cpu ? cells_per_chunk(n, features.element_size()) : N;
   for (int64_t c = 0; c < C; ++c) {
-    const int64_t start = off[c], count = off[c + 1] - off[c];
-    if (count == 0) continue;
-    at::Tensor dst = out.narrow(0, start, count);
-    const at::Tensor cells = order.narrow(0, start, count);
-    const at::Tensor x = cpu ? gather_columns(src, cells).t() : src.index_select(0, cells);
-    at::addmm_out(dst, bias.narrow(0, c * m, m), x, w.narrow(0, c * m, m).t());
+    for (int64_t start = off[c]; start < off[c + 1]; start += chunk) {
+      const int64_t count = std::min(chunk, off[c + 1] - start);
+      at::Tensor dst = out.narrow(0, start, count);
+      const at::Tensor cells = order.narrow(0, start, count);
+      const at::Tensor x = cpu ? gather_columns(src, cells).t() : src.index_select(0, cells);
+      at::addmm_out(dst, bias.narrow(0, c * m, m), x, w.narrow(0, c * m, m).t());
+    }
   }
   return {out, order, offsets};
 }
@@ -159,18 +165,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
     src = cpu ? features.contiguous() : cell_rows(features);
   }
   if (output_mask[2]) grad_bias = at::zeros({C * m}, features.options());
+  const int64_t chunk = cpu ? cells_per_chunk(n, features.element_size()) : N;
   for (int64_t c = 0; c < C; ++c) {
-    const int64_t start = off[c], count = off[c + 1] - off[c];
-    if (count == 0) continue;
-    const at::Tensor g = grad_out.narrow(0, start, count);
-    const at::Tensor idx = order.narrow(0, start, count);
-    if (output_mask[0] && cpu) scatter_columns(grad_features, at::mm(w.narrow(0, c * m, m).t(), g.t()), idx);
-    if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
-    if (output_mask[1]) {
-      at::Tensor dst = grad_weight.narrow(0, c * m, m);
-      at::mm_out(dst, g.t(), cpu ? gather_columns(src, idx).t() : src.index_select(0, idx));
+    for (int64_t start = off[c]; start < off[c + 1]; start += chunk) {
+      const int64_t count = std::min(chunk, off[c + 1] - start);
+      const at::Tensor g = grad_out.narrow(0, start, count);
+      const at::Tensor idx = order.narrow(0, start, count);
+      if (output_mask[0] && cpu) scatter_columns(grad_features, at::mm(w.narrow(0, c * m, m).t(), g.t()), idx);
+      if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
+      if (output_mask[1]) {
+        grad_weight.narrow(0, c * m, m).addmm_(g.t(), cpu ? gather_columns(src, idx).t() : src.index_select(0, idx));
+      }
+      if (output_mask[2]) grad_bias.narrow(0, c * m, m).add_(g.sum(0));
     }
-    if (output_mask[2]) grad_bias.narrow(0, c * m, m).copy_(g.sum(0));
   }
   if (output_mask[0] && !cpu) grad_features = grad_rows.view({B, h, w_, n}).permute({0, 3, 1, 2}).contiguous();
   if (output_mask[1]) grad_weight = grad_weight.view(weight.sizes());
