@@ -152,3 +152,44 @@ def test_full_run_writes_logs_checkpoints_and_the_iou_table(tmp_path, capsys):
     reloaded = load_checkpoint(manager.latest())  # a training checkpoint is also an ssfdan-eval checkpoint
     for a, b in zip(reloaded.state_dict().values(), result.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("adaptation", ["ssd", "soft+global"])
+@pytest.mark.parametrize("source_masks", ["prediction", "ground_truth"])
+def test_source_and_target_of_different_sizes(tmp_path, adaptation, source_masks):
+    # GTA5 / Synthia images are larger than Cityscapes': each domain's masks use its own feature size.
+    trainer = Trainer(tiny_config(tmp_path, adaptation=adaptation, source_masks=source_masks,
+                                  source_size=[48, 64], target_size=[32, 32]))
+    try:
+        row = trainer.step(1)
+    finally:
+        trainer.close()
+    assert row["loss_adv"] > 0 and row["loss_d"] > 0
+
+
+def test_a_new_run_refuses_an_out_dir_with_checkpoints(tmp_path):
+    train(tiny_config(tmp_path, iterations=2, checkpoint_every=2))
+    with pytest.raises(ValueError, match="already holds checkpoints of a run: pass resume=true"):
+        Trainer(tiny_config(tmp_path, iterations=2, checkpoint_every=2))
+
+
+def test_resume_rejects_changed_keys_and_restores_the_rng_last(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, iterations=4))
+    try:
+        for it in range(2):
+            trainer.step(it)
+            torch.rand(3)  # what a segmenter with dropout draws in a step
+        state = trainer.state(2)
+        trainer.ckpt.save(state, 2)
+    finally:
+        trainer.close()
+    with pytest.raises(ValueError, match="cannot resume from .*other values of iterations, amp"):
+        Trainer(tiny_config(tmp_path, iterations=6, amp="bf16", resume=True))
+    resumed = Trainer(tiny_config(tmp_path, iterations=4, resume=True))
+    try:
+        # The data loaders are built after the checkpoint is read and draw from the global RNG: the resumed run
+        # must still start from the checkpoint's RNG states.
+        assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+        assert resumed.start == 2
+    finally:
+        resumed.close()

@@ -19,7 +19,7 @@ from ..models import build_model, load_pretrained
 from . import distributed as D
 from .adapt import Discriminators, LossTerm
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import TrainConfig, validate
+from .config import ConfigError, TrainConfig, validate
 from .data import StreamBatchSampler, build_datasets, loader
 from .runlog import CsvLog, Progress, TensorBoard
 
@@ -111,8 +111,12 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.ckpt = CheckpointManager(self.out_dir / "checkpoints", cfg.keep_last)
         self.start, self.best = 0, float("-inf")
+        rng = None
         if cfg.resume:
-            self._resume()
+            rng = self._resume()
+        elif self.ckpt.checkpoints():
+            raise ConfigError(f"out_dir {str(self.out_dir)!r} already holds checkpoints of a run: pass resume=true "
+                              f"to continue it, or choose another out_dir")
         self.source, self.target, self.val = build_datasets(cfg, getattr(model, "normalization", "imagenet"))
         samplers = [StreamBatchSampler(len(ds), cfg.batch_size, cfg.seed * 2 + k, self.dist.rank,
                                        self.dist.world_size, self.start) for k, ds in enumerate((self.source,
@@ -121,7 +125,11 @@ class Trainer:
         self.target_iter = loader(self.target, samplers[1], cfg.num_workers) if self.discs.active else None
         main = self.dist.is_main
         self.csv = CsvLog(self.out_dir / "train.csv", self.start if cfg.resume else None) if main else None
-        self.tb = TensorBoard(self.out_dir / "tensorboard", cfg.tensorboard and main)
+        self.tb = TensorBoard(self.out_dir / "tensorboard", cfg.tensorboard and main,
+                              purge_step=self.start if cfg.resume else None)
+        if rng is not None:
+            # Last: creating the data loaders draws from the global torch RNG.
+            set_rng_state(rng)
         self.history: list[dict] = []
         self._tau: Tensor | None = None
 
@@ -132,7 +140,9 @@ class Trainer:
         torch.manual_seed(seed)
         if self.cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
+            # warn_only: on CUDA a few ops used here (the 2-D NLL loss, bilinear upsampling's backward) have no
+            # deterministic kernel; they warn instead of stopping the run, everything else is deterministic.
+            torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -151,14 +161,16 @@ class Trainer:
                 "iteration": iteration, "rng": rng_state(), "best_miou": self.best,
                 "train_config": self.cfg.to_dict(), "world_size": self.dist.world_size}
 
-    def _resume(self) -> None:
+    def _resume(self) -> dict | None:
+        """Load the newest checkpoint; returns its RNG states (restored once everything is built), or None."""
         path = self.ckpt.latest()
         if path is None:
             if self.dist.is_main:
                 print(f"resume=true but {self.ckpt.directory} holds no checkpoint: starting afresh")
-            return
+            return None
         # On the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
         state = CheckpointManager.load(path, "cpu")
+        _check_resumable(self.cfg, self.dist.world_size, state, path)
         self.model.load_state_dict(state["model"])
         self.discs.load_state_dict(state["discriminators"])
         self.opt_g.load_state_dict(state["opt_g"])
@@ -168,10 +180,10 @@ class Trainer:
             self.sched_d.load_state_dict(state["sched_d"])
         self.scaler_g.load_state_dict(state["scaler_g"])
         self.scaler_d.load_state_dict(state["scaler_d"])
-        set_rng_state(state["rng"])
         self.start, self.best = int(state["iteration"]), float(state["best_miou"])
         if self.dist.is_main:
             print(f"resumed from {path} at iteration {self.start}")
+        return state["rng"]
 
     # --- one iteration ----------------------------------------------------------------------------------------
     def _normalized(self, terms: list[LossTerm]) -> Tensor:
@@ -204,9 +216,9 @@ class Trainer:
             with self._autocast():
                 logits_t, feat_t = self.model_ddp(img_t)
                 pred_t = F.interpolate(logits_t, size=img_t.shape[-2:], mode="bilinear", align_corners=True)
-            size = tuple(feat_t.shape[-2:])
-            masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, size)
-            masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, size)
+            # Each domain's masks at its own feature size: source and target images may differ in size.
+            masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
+            masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
             self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
             with self._autocast():
                 loss_adv = self._normalized(self.discs.generator_terms(feat_t, masks_t))
@@ -320,6 +332,22 @@ class Trainer:
         self.tb.close()
         D.cleanup(self.dist)
         torch.set_num_threads(self._threads)
+
+
+# Keys that must not change when a run is resumed: they define the model, the data stream or the schedule.
+_RESUME_KEYS = ("num_classes", "model", "model_kwargs", "adaptation", "disc_channels", "disc_strides", "iterations",
+                "batch_size", "seed", "data_seed", "source", "target", "amp", "power")
+
+
+def _check_resumable(cfg: TrainConfig, world_size: int, state: dict, path: Path) -> None:
+    saved = state.get("train_config", {})
+    plain = lambda v: [plain(x) for x in v] if isinstance(v, (list, tuple)) else v  # noqa: E731
+    changed = [k for k in _RESUME_KEYS if k in saved and plain(saved[k]) != plain(getattr(cfg, k))]
+    if state.get("world_size", world_size) != world_size:
+        changed.append(f"processes ({state['world_size']} -> {world_size})")
+    if changed:
+        raise ConfigError(f"cannot resume from {path}: the run was made with other values of "
+                          f"{', '.join(changed)}; resume with the checkpoint's values or start a new out_dir")
 
 
 def train(cfg: TrainConfig) -> TrainResult:

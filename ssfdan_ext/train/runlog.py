@@ -57,7 +57,7 @@ class TensorBoard:
     Shapes: n/a.
     """
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True) -> None:
+    def __init__(self, log_dir: str | Path, enabled: bool = True, purge_step: int | None = None) -> None:
         self.writer = None
         if not enabled:
             return
@@ -66,7 +66,8 @@ class TensorBoard:
         except ImportError as err:
             raise RuntimeError("tensorboard=true needs the tensorboard package: pip install tensorboard "
                                f"(or set tensorboard=false); import failed with: {err}") from None
-        self.writer = SummaryWriter(str(log_dir))
+        # purge_step: a resumed run drops the events the killed run logged after its checkpoint.
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         if self.writer is not None:
