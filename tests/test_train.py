@@ -68,7 +68,8 @@ def _batch(trainer, it):
 
 @pytest.mark.parametrize("car, masks", [(True, "prediction"), (False, "ground_truth")])
 def test_step_computes_the_spec_losses(tmp_path, car, masks):
-    """The logged losses of an ssd+global step equal the SPEC section 5 iteration written with the public API."""
+    """The logged losses of an ssd+global step, and the gradients each optimiser steps with, equal the SPEC section
+    5 iteration written with the public API."""
     trainer = Trainer(tiny_config(tmp_path, adaptation="ssd+global", car=car, source_masks=masks, iterations=4))
     try:
         trainer.step(0)
@@ -88,11 +89,21 @@ def test_step_computes_the_spec_losses(tmp_path, car, masks):
     tau = sel_t.tau if car else None
     ssd, glob = discs.ssd, discs.glob
     loss_adv = sd.adversarial_loss(ssd(feat_t, sel_t.labels), tau) + sd.adversarial_loss(glob(feat_t))
-    loss_d = (sd.discriminator_loss(ssd(feat_s, src_labels), ssd(feat_t, sel_t.labels), tau)
-              + sd.discriminator_loss(glob(feat_s), glob(feat_t)))
+    f_s, f_t = feat_s.detach(), feat_t.detach()
+    loss_d = (sd.discriminator_loss(ssd(f_s, src_labels), ssd(f_t, sel_t.labels), tau)
+              + sd.discriminator_loss(glob(f_s), glob(f_t)))
     assert row["rho"] == rho
     for name, value in (("loss_seg", loss_seg), ("loss_adv", loss_adv), ("loss_d", loss_d)):
         assert row[name] == pytest.approx(float(value.detach()), rel=1e-5), name
+    # The segmenter steps with grad(L_seg + delta L_adv) (the discriminators fixed), the discriminators with
+    # grad(L_d) on detached features.
+    expected_g = torch.autograd.grad(loss_seg + trainer.cfg.delta * loss_adv, list(model.parameters()),
+                                     allow_unused=True)
+    expected_d = torch.autograd.grad(loss_d, list(discs.parameters()))
+    for got, want in zip([p.grad for p in trainer.model.parameters()], expected_g):
+        torch.testing.assert_close(got, want if want is not None else torch.zeros_like(got), rtol=1e-4, atol=1e-6)
+    for got, want in zip([p.grad for p in trainer.discs.parameters()], expected_d):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
 def test_split_discriminator_terms_add_up(tmp_path):
