@@ -86,3 +86,16 @@ def check_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
         raise ValueError(f"{a_name} and {b_name} must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
     if a.shape[0] == 0:
         raise ValueError(f"{a_name} is an empty batch (B = 0)")
+
+
+def check_layer_shapes(in_channels: int, channels: Sequence[int], strides: Sequence[int]) -> tuple[list[int], tuple]:
+    """The widths (n, m_1..m_4, 1) and strides of a five-layer discriminator, checked."""
+    widths = [in_channels, *channels, 1]
+    if len(channels) != 4:
+        raise ValueError(f"channels must give the widths of layers 1-4 (4 ints), got {tuple(channels)}")
+    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in widths):
+        raise ValueError(f"in_channels and channels must be positive ints, got {in_channels}, {tuple(channels)}")
+    strides = tuple(strides)
+    if len(strides) != 5 or strides[0] != 1 or any(s not in (1, 2) for s in strides[1:]):
+        raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
+    return widths, strides

@@ -17,20 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import check_floating, check_labels, check_num_classes, check_tensor
+from .._checks import check_floating, check_labels, check_layer_shapes, check_num_classes, check_tensor
 from ..types import IGNORE, DiscriminatorOutput
-
-
-def _check_layers(in_channels: int, channels: Sequence[int], strides: Sequence[int]) -> tuple[list[int], tuple]:
-    widths = [in_channels, *channels, 1]
-    if len(channels) != 4:
-        raise ValueError(f"channels must give the widths of layers 1-4 (4 ints), got {tuple(channels)}")
-    if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in widths):
-        raise ValueError(f"in_channels and channels must be positive ints, got {in_channels}, {tuple(channels)}")
-    strides = tuple(strides)
-    if len(strides) != 5 or strides[0] != 1 or any(s not in (1, 2) for s in strides[1:]):
-        raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
-    return widths, strides
 
 
 def _check_features(features: object, in_channels: int, weight: Tensor) -> Tensor:
@@ -54,7 +42,7 @@ class GlobalDiscriminator(nn.Module):
     def __init__(self, in_channels: int = 2048, channels: Sequence[int] = (1024, 512, 256, 128),
                  strides: Sequence[int] = (1, 2, 2, 2, 2), negative_slope: float = 0.2) -> None:
         super().__init__()
-        widths, strides = _check_layers(in_channels, channels, strides)
+        widths, strides = check_layer_shapes(in_channels, channels, strides)
         self.in_channels, self.channels, self.strides = in_channels, tuple(channels), strides
         self.negative_slope = float(negative_slope)
         self.convs = nn.ModuleList(
@@ -92,7 +80,7 @@ class SoftDiscriminator(nn.Module):
                  strides: Sequence[int] = (1, 2, 2, 2, 2), negative_slope: float = 0.2) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        widths, strides = _check_layers(in_channels, channels, strides)
+        widths, strides = check_layer_shapes(in_channels, channels, strides)
         self.in_channels, self.channels, self.strides = in_channels, tuple(channels), strides
         self.negative_slope = float(negative_slope)
         C = self.num_classes

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import check_batch, check_floating, check_labels, check_num_classes, check_same_device
-from .._checks import check_tensor
+from .._checks import check_batch, check_floating, check_labels, check_layer_shapes, check_num_classes
+from .._checks import check_same_device, check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
 from ..ops.sparse_ssd import sparse_ssd_forward
@@ -65,14 +65,7 @@ class SeparatedDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        widths = [in_channels, *channels, 1]
-        if len(channels) != 4:
-            raise ValueError(f"channels must give the widths of layers 1-4 (4 ints), got {tuple(channels)}")
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c > 0 for c in widths):
-            raise ValueError(f"in_channels and channels must be positive ints, got {in_channels}, {tuple(channels)}")
-        strides = tuple(strides)
-        if len(strides) != 5 or strides[0] != 1 or any(s not in (1, 2) for s in strides[1:]):
-            raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
+        widths, strides = check_layer_shapes(in_channels, channels, strides)
         self.in_channels = in_channels
         self.channels = tuple(channels)
         self.strides = strides

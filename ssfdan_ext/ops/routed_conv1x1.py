@@ -49,6 +49,7 @@ def triton_available() -> bool:
 
 
 def _use_triton(features: Tensor, impl: str) -> bool:
+    """Whether an op with this input and ``impl`` runs its Triton kernels (shared by the routed and sparse ops)."""
     if impl == "triton":
         return True
     return impl == "auto" and features.is_cuda and features.dtype in _TRITON_DTYPES and triton_available()

@@ -22,10 +22,9 @@ from torch.autograd.function import once_differentiable
 
 from .._checks import check_floating, check_labels, check_num_classes, check_same_device, check_tensor
 from .._ext import has_compiled_ops, require_compiled
-from .routed_conv1x1 import _RoutedConv1x1, triton_available
+from .routed_conv1x1 import _RoutedConv1x1, _use_triton
 
 IMPLEMENTATIONS = ("auto", "aten", "triton")
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class Rulebook(NamedTuple):
@@ -73,12 +72,6 @@ def _rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Sequence[int]) 
     lf_masked, taps, offsets, out_index = torch.ops.ssfdan_ext.sparse_ssd_rulebook(lf, lo, num_classes,
                                                                                    list(strides))
     return Rulebook(lf_masked, tuple(taps), tuple(offsets), out_index)
-
-
-def _use_triton(table: Tensor, impl: str) -> bool:
-    if impl == "triton":
-        return True
-    return impl == "auto" and table.is_cuda and table.dtype in _TRITON_DTYPES and triton_available()
 
 
 def _kernels():
