@@ -59,12 +59,26 @@ PRESETS = {
 }
 
 
-def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0):
+# Precisions: "fp32" keeps PyTorch's default TF32 settings (cuDNN convolutions in TF32 on Ampere and newer, the
+# fused backend's Triton dots following the same flag), "fp32-ieee" turns TF32 off everywhere, "bf16" stores
+# weights and features in bfloat16.
+PRECISIONS = ("fp32", "fp32-ieee", "bf16")
+
+
+def apply_precision(precision: str) -> torch.dtype:
+    """Set the TF32 flags for ``precision`` and return the dtype of weights and features."""
+    if precision == "fp32-ieee":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0, dtype: torch.dtype = torch.float32):
     """(discriminator, features, labels) for a preset; the same weights and inputs for every provider."""
     torch.manual_seed(seed)
-    disc = SeparatedDiscriminator(preset.num_classes, preset.in_channels, preset.channels).to(device)
+    disc = SeparatedDiscriminator(preset.num_classes, preset.in_channels, preset.channels).to(device, dtype)
     h, w = preset.feature_size
-    features = torch.randn(preset.batch, preset.in_channels, h, w, device=device)
+    features = torch.randn(preset.batch, preset.in_channels, h, w, device=device, dtype=dtype)
     make = street_labels if layout == "street" else checkerboard_labels
     labels = make(preset.batch, *preset.label_size, num_classes=preset.num_classes).to(device)
     return disc, features, labels
@@ -121,14 +135,15 @@ def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Ten
 
 
 def measure(provider: str, mode: str, preset_name: str, layout: str, device: torch.device, repeats: int,
-            warmup: int) -> dict:
+            warmup: int, precision: str = "fp32") -> dict:
     preset = PRESETS[preset_name]
-    disc, features, labels = make_case(preset, layout, device)
+    disc, features, labels = make_case(preset, layout, device, dtype=apply_precision(precision))
     disc.backend = provider
     fn, setup = step(disc, features, labels, mode)
     with PeakMemory(device) as peak:
         ms = median_ms(fn, device, repeats, warmup, setup)
-    return {"preset": preset_name, "layout": layout, "device": device.type, "provider": provider, "mode": mode,
+    return {"preset": preset_name, "layout": layout, "precision": precision, "device": device.type,
+            "provider": provider, "mode": mode,
             "median_ms": round(ms, 3), "peak_mb": round(peak.mb, 1), "repeats": repeats, "warmup": warmup,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 
@@ -137,14 +152,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = benchmark_parser(__doc__, PROVIDERS, MODES, repeats=7)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--layout", choices=("street", "checkerboard"), default="street")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     args, device = parse_benchmark_args(parser, argv)
     if args.worker:
-        row = measure(args.providers[0], args.modes[0], args.preset, args.layout, device, args.repeats, args.warmup)
+        row = measure(args.providers[0], args.modes[0], args.preset, args.layout, device, args.repeats, args.warmup,
+                      args.precision)
         print(json.dumps(row))
         return [row]
 
     preset = PRESETS[args.preset]
-    print(f"SS-D benchmark, preset {args.preset} {asdict(preset)}, layout {args.layout}, device {device}, "
+    print(f"SS-D benchmark, preset {args.preset} {asdict(preset)}, layout {args.layout}, precision "
+          f"{args.precision}, device {device}, "
           f"median of {args.repeats} (after {args.warmup} warm-up), torch threads {torch.get_num_threads()}",
           flush=True)
     disc, features, labels = make_case(preset, args.layout, torch.device("cpu"))
@@ -152,7 +170,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"forward FLOPs: dense backends {gflop['dense']:.3f} GFLOP, fused (explicit pairs) {gflop['fused']:.3f} "
           f"GFLOP ({gflop['dense'] / gflop['fused']:.1f}x fewer)", flush=True)
     rows = []
-    common = ["--preset", args.preset, "--device", args.device, "--layout", args.layout, "--repeats",
+    common = ["--preset", args.preset, "--device", args.device, "--layout", args.layout, "--precision",
+              args.precision, "--repeats",
               str(args.repeats), "--warmup", str(args.warmup), "--threads", str(args.threads)]
     for mode in args.modes:
         for provider in args.providers:
@@ -175,8 +194,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print()
     print_table(rows, columns)
     stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
+    if args.precision != "fp32":
+        stem += f"_{args.precision}"
     write_csv(rows, args.out / f"{stem}.csv")
-    plotted = plot_bars(rows, args.out / f"{stem}.png", f"SS-D {args.preset} ({args.layout}, {device.type})",
+    plotted = plot_bars(rows, args.out / f"{stem}.png",
+                        f"SS-D {args.preset} ({args.layout}, {args.precision}, {device.type})",
                         group="mode", series="provider", value="median_ms")
     print(f"\nwrote {args.out / (stem + '.csv')}" + (f" and {stem}.png" if plotted else " (no matplotlib: no plot)"))
     return rows

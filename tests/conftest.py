@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import os
 
-# Triton decides when it is imported whether its kernels run compiled or in its interpreter. The suite runs them
-# interpreted (on CPU tensors) unless told otherwise: benchmarks/gpu_check.sh sets TRITON_INTERPRET=0 so that the
-# CUDA tests exercise the compiled kernels.
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+# Triton decides when it is imported whether its kernels run compiled or in its interpreter. Without a GPU the
+# suite runs them interpreted, on CPU tensors (the only way to execute them here); with one it leaves them
+# compiled, so that the CUDA tests exercise the real kernels (the interpreter on GPU-sized tests would run for
+# hours). An explicit TRITON_INTERPRET in the environment always wins. Asking torch whether a device exists
+# initialises no CUDA context.
+if "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 
 import ssfdan_ext  # noqa: E402
 

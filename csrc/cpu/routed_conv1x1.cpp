@@ -59,7 +59,9 @@ std::vector<int64_t> cell_bases(const at::Tensor& cells, int64_t n, int64_t hw) 
 }
 
 // Cells per GEMM on the CPU: bounds the gathered (n, cells) operand and its gradient to about 2 MB each.
-int64_t cells_per_chunk(int64_t n, int64_t elem) { return std::max<int64_t>(256, (int64_t{1} << 21) / (n * elem)); }
+int64_t cells_per_chunk(int64_t n, int64_t elem) {
+  return std::max<int64_t>(256, (int64_t{1} << 21) / (std::max<int64_t>(n, 1) * elem));  // n = 0: no division by 0
+}
 
 // The CPU reads a class's cells straight from NCHW as the columns of an (n, count) operand: a transposed copy
 // of the whole feature map costs several times more than these gathers, which read each channel plane in order.

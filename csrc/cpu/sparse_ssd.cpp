@@ -171,8 +171,14 @@ at::ScalarType compute_type(const Tensor& t) {
   return st == at::kHalf || st == at::kBFloat16 ? at::kFloat : st;
 }
 
-// Pairs per GEMM: bounds the gathered (rows, 9*m_in) operand to about 4 MB.
-int64_t chunk_rows(int64_t mi, int64_t elem) { return std::max<int64_t>(64, (int64_t{1} << 22) / (9 * mi * elem)); }
+// Pairs per GEMM. On the CPU the gathered (rows, 9*m_in) operand is bounded to about 4 MB, to stay in cache. On
+// CUDA a launch costs more than a cache miss: a class's pairs form one GEMM (as in the routed layer 1), split only
+// where the gathered operand would pass 256 MB (float64 at the paper's widths: ~3,600 pairs of layer 2).
+int64_t chunk_rows(const Tensor& table) {
+  const int64_t row_bytes = 9 * std::max<int64_t>(table.size(1), 1) * table.element_size();
+  const int64_t budget = table.is_cpu() ? (int64_t{1} << 22) : (int64_t{1} << 28);
+  return std::max<int64_t>(64, budget / row_bytes);
+}
 
 // x[r, i*9 + t] = table[taps[r, t], i]: a pair's nine tap rows laid out like the weight's (m_out, m_in*3*3)
 // rows, so each class's GEMM reads the canonical weight in place.
@@ -245,7 +251,7 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps_in, con
   const Tensor table = table_in.to(st).contiguous(), b = bias.to(st);
   const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
   Tensor out = at::empty({P, mo}, table.options());
-  for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
+  for_each_chunk(offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n) {
     Tensor dst = out.narrow(0, r0, n);
     at::addmm_out(dst, b.narrow(0, c * mo, mo), gather_taps(table, taps.narrow(0, r0, n)), wt[c].t());
   });
@@ -268,7 +274,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   if (mask[0]) grad_table = at::zeros(table.sizes(), table.options());
   if (mask[1]) grad_weight = at::zeros({C, mo, mi * 9}, table.options());
   if (mask[2]) grad_bias = at::zeros({C * mo}, table.options());
-  for_each_chunk(offsets, chunk_rows(mi, table.element_size()), [&](int64_t c, int64_t r0, int64_t n) {
+  for_each_chunk(offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n) {
     const Tensor g = grad_out.narrow(0, r0, n);
     const Tensor chunk_taps = taps.narrow(0, r0, n);
     if (mask[0]) scatter_add_taps(grad_table, chunk_taps, at::mm(g, wt[c]));

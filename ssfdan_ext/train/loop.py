@@ -105,7 +105,11 @@ class Trainer:
         self.model_ddp, self.discs_ddp = self.model, self.discs
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model_ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # With frozen BatchNorm the buffers never change, so there is nothing to broadcast; and broadcasting
+            # them would overwrite, in place, running statistics that eval-mode BatchNorm saved for the backward
+            # of the first of the two segmenter forwards (torch < 2.14 then fails that backward).
+            self.model_ddp = nn.parallel.DistributedDataParallel(self.model, device_ids=ids,
+                                                                 broadcast_buffers=not cfg.freeze_bn)
             if self.discs.active:
                 self.discs_ddp = nn.parallel.DistributedDataParallel(self.discs, device_ids=ids)
         self.out_dir = Path(cfg.out_dir)
