@@ -25,8 +25,9 @@ trap 'rm -rf "$SRC"' EXIT
 tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.so' --exclude='*.egg-info' \
   --exclude=__pycache__ -cf - . | tar -C "$SRC" -xf -
 "${PIP[@]}" --no-build-isolation "$SRC[test]"
+# From outside the source tree, so that the installed package (with its _C) is the one imported.
+cd /tmp
 "$VENV/bin/python" -c "import sys, torch, torchvision, numpy; import triton; import ssfdan_ext; \
 print('compat_check: python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__); print(ssfdan_ext.build_info())"
-cd /tmp
 "$VENV/bin/python" -m pytest "$SRC/tests" -q -p no:cacheprovider "$@"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import reference
-from ._checks import MAX_CLASSES, check_floating, check_labels, check_same_device, check_tensor
+from ._checks import MAX_CLASSES, check_floating, check_labels, check_nonempty, check_same_device, check_tensor
 from .types import DiscriminatorOutput
 
 
@@ -15,6 +15,7 @@ def _check_output(output: object, name: str) -> DiscriminatorOutput:
     check_tensor(logits, f"{name}.logits", 4, "(B, 1, h', w')")
     check_tensor(labels, f"{name}.labels", 3, "(B, h', w')")
     check_floating(logits, f"{name}.logits")
+    check_nonempty(logits, f"{name}.logits", "(B, 1, h', w')")
     if logits.shape[1] != 1 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
         raise ValueError(f"{name}.logits {tuple(logits.shape)} must be (B, 1, h', w') for labels "
                          f"{tuple(labels.shape)}")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_finite, check_floating, check_labels, check_num_classes, check_rho, check_size
-from ._checks import check_tensor
+from ._checks import as_finite_float, check_finite, check_floating, check_labels, check_nonempty, check_num_classes
+from ._checks import check_rho, check_size, check_tensor
 from .types import IGNORE, DiscriminatorOutput, Selection
 
 KERNELS = (1, 3, 3, 3, 3)
@@ -23,12 +23,19 @@ PADDINGS = (0, 1, 1, 1, 1)
 # --- SPEC section 1: progressive confidence selection -------------------------------------------------------
 
 def rho_schedule(iteration: int, total_iters: int, rho_upper: float = 0.8) -> float:
-    """Eq. 7: the kept fraction grows linearly with training, capped at ``rho_upper``."""
+    """Eq. 7: the kept fraction grows linearly with training, capped at ``rho_upper``.
+
+    ``rho_schedule(0, N)`` is 0: in the paper's schedule the first iteration keeps no pixel, so the adversarial
+    and discriminator losses are exactly 0 there, and they stay small for the first iterations (one pixel per
+    class and image once ``rho * N_c >= 1``).
+    """
+    iteration = as_finite_float(iteration, "iteration")
+    total_iters = as_finite_float(total_iters, "total_iters")
     if total_iters <= 0:
-        raise ValueError(f"total_iters must be positive, got {total_iters}")
+        raise ValueError(f"total_iters must be positive, got {total_iters:g}")
     if iteration < 0:
-        raise ValueError(f"iteration must be non-negative, got {iteration}")
-    rho_upper = check_rho(rho_upper)
+        raise ValueError(f"iteration must be non-negative, got {iteration:g}")
+    rho_upper = check_rho(rho_upper, "rho_upper")
     return min(iteration / total_iters, rho_upper)
 
 
@@ -91,6 +98,7 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
     check_tensor(logits, "logits", 4, "(B, C, H, W)")
     check_floating(logits, "logits")
     check_num_classes(logits.shape[1], "logits.shape[1] (number of classes)")
+    check_nonempty(logits, "logits", "(B, C, H, W)")
     rho = check_rho(rho)
     logits = logits.float()
     check_finite(logits, "logits")  # after the cast: float64 logits beyond float32's range become inf
@@ -125,6 +133,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     """
     num_classes = check_num_classes(num_classes)
     labels = check_labels(labels, "labels", num_classes)
+    check_nonempty(labels, "labels", "(B, H, W)")
     h, w = check_size(size, labels)
     out = torch.full((labels.shape[0], h, w), IGNORE, dtype=torch.int64, device=labels.device)
     best = torch.zeros(out.shape, dtype=torch.float64, device=labels.device)
@@ -174,7 +183,8 @@ def ssd_forward(
     lf, lo = label_maps
     logits = None
     for c in range(C):
-        x = features * (lf == c).unsqueeze(1).to(features.dtype)
+        # Selection, not multiplication by the mask (SPEC 3.2): 0 * NaN would put a non-finite feature everywhere.
+        x = torch.where((lf == c).unsqueeze(1), features, features.new_zeros(()))
         for layer, (weight, bias, stride, padding) in enumerate(zip(weights, biases, strides, PADDINGS)):
             rows = weight.shape[0] // C
             x = F.conv2d(x, weight[c * rows:(c + 1) * rows], bias[c * rows:(c + 1) * rows], stride, padding)

@@ -15,6 +15,14 @@ if "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "0" if torch.cuda.is_available() else "1"
 
 import ssfdan_ext  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Property tests (tests/test_properties.py): a quick default for CI, many more examples for local runs
+# (SSFDAN_HYPOTHESIS_PROFILE=thorough). No deadline: shared 2-core machines time single examples unevenly.
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("SSFDAN_HYPOTHESIS_PROFILE", "ci"))
 
 
 def _cuda_ready() -> bool:

@@ -190,8 +190,12 @@ def test_kernel_non_contiguous_and_empty(device):
     actual = ssfdan_ext.confidence_select(logits.to(device), 0.3, out_sizes=((7, 9),))
     assert torch.equal(actual.labels.cpu(), expected.labels)
     assert torch.equal(actual.downsampled[0].cpu(), expected.downsampled[0])
-    empty = ssfdan_ext.confidence_select(torch.zeros(0, 3, 4, 4, device=device), 0.5, out_sizes=((2, 2),))
-    assert empty.labels.shape == (0, 4, 4) and empty.counts.shape == (0, 3) and empty.downsampled[0].shape == (0, 2, 2)
+    with pytest.raises(ValueError, match="every dimension non-zero"):  # an empty batch is an error everywhere
+        ssfdan_ext.confidence_select(torch.zeros(0, 3, 4, 4, device=device), 0.5, out_sizes=((2, 2),))
+    # The raw kernel copes with it.
+    labels, _, counts, _, _, _, maps = torch.ops.ssfdan_ext.confidence_select(
+        torch.zeros(0, 3, 4, 4, device=device), 0.5, [2, 2])
+    assert labels.shape == (0, 4, 4) and counts.shape == (0, 3) and maps[0].shape == (0, 2, 2)
 
 
 @pytest.mark.parametrize("device", [CUDA])

@@ -70,7 +70,9 @@ def test_non_contiguous_and_empty_batch(device):
     torch.testing.assert_close(ssfdan_ext.mode_downsample(labels.to(device), (7, 9), 4).cpu(), expected,
                                rtol=0, atol=0)
     empty = torch.zeros(0, 8, 8, dtype=torch.int64, device=device)
-    assert ssfdan_ext.mode_downsample(empty, (2, 2), 3).shape == (0, 2, 2)
+    with pytest.raises(ValueError, match="every dimension non-zero"):  # an empty batch is an error everywhere
+        ssfdan_ext.mode_downsample(empty, (2, 2), 3)
+    assert torch.ops.ssfdan_ext.mode_downsample(empty, 2, 2, 3).shape == (0, 2, 2)  # the raw kernel copes
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -249,8 +249,8 @@ def test_opcheck():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"strides": [2, 2, 2]}, "strides must give layers 2-5"),
-    ({"strides": [2, 3, 2, 2]}, "strides must be 1 or 2"),
+    ({"strides": [2, 2, 2]}, r"strides must be 4 ints \(layers 2-5\)"),
+    ({"strides": [2, 3, 2, 2]}, "each 1 or 2"),
     ({"num_classes": 0}, r"num_classes must be in \[1, 255\]"),
     ({"lo": torch.zeros(1, 3, 3, dtype=torch.long)}, r"output labels must be \(1, 1, 1\)"),
     ({"lf": torch.zeros(1, 8, 8)}, "lf must be int64"),

@@ -24,6 +24,9 @@ void check_routed_args(const at::Tensor& features, const at::Tensor& labels, con
                     kMaxClasses, "], got ", num_classes);
   TORCH_CHECK_VALUE(features.dim() == 4, "routed_conv1x1: features must be (B, n, h, w), got shape ",
                     features.sizes());
+  // Zero sizes are rejected before any chunk size divides by them.
+  TORCH_CHECK_VALUE(features.numel() > 0, "routed_conv1x1: features must be (B, n, h, w) with every dimension ",
+                    "non-zero, got shape ", features.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(features.scalar_type()),
                    "routed_conv1x1: features must be floating point, got ", features.scalar_type());
   TORCH_CHECK_VALUE(labels.dim() == 3 && labels.size(0) == features.size(0) && labels.size(1) == features.size(2) &&
@@ -33,9 +36,10 @@ void check_routed_args(const at::Tensor& features, const at::Tensor& labels, con
   TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, "routed_conv1x1: labels must be int64, got ",
                    labels.scalar_type());
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(2) == 1 && weight.size(3) == 1 &&
-                        weight.size(1) == features.size(1) && weight.size(0) % num_classes == 0,
-                    "routed_conv1x1: weight must be (C*m, n, 1, 1) with C = ", num_classes, " and n = ",
-                    features.size(1), ", got shape ", weight.sizes());
+                        weight.size(1) == features.size(1) && weight.size(0) % num_classes == 0 &&
+                        weight.size(0) > 0,
+                    "routed_conv1x1: weight must be (C*m, n, 1, 1) with C = ", num_classes, ", n = ",
+                    features.size(1), " and m >= 1, got shape ", weight.sizes());
   TORCH_CHECK_TYPE(weight.scalar_type() == features.scalar_type(), "routed_conv1x1: weight dtype ",
                    weight.scalar_type(), " differs from the features dtype ", features.scalar_type());
   TORCH_CHECK_VALUE(weight.device() == features.device() && labels.device() == features.device(),

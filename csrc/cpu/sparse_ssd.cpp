@@ -61,9 +61,10 @@ void check_rulebook_args(const Tensor& lf, const Tensor& lo, int64_t C, at::IntA
   for (const int64_t s : strides) {
     TORCH_CHECK_VALUE(s == 1 || s == 2, "sparse_ssd_rulebook: strides must be 1 or 2, got ", strides);
   }
-  TORCH_CHECK_VALUE(lf.dim() == 3 && lo.dim() == 3 && lf.size(0) == lo.size(0),
-                    "sparse_ssd_rulebook: label maps must be (B, h, w) and (B, h', w'), got ", lf.sizes(), " and ",
-                    lo.sizes());
+  TORCH_CHECK_VALUE(lf.dim() == 3 && lo.dim() == 3 && lf.size(0) == lo.size(0) && lf.numel() > 0 &&
+                        lo.numel() > 0,
+                    "sparse_ssd_rulebook: label maps must be non-empty (B, h, w) and (B, h', w'), got ", lf.sizes(),
+                    " and ", lo.sizes());
   TORCH_CHECK_TYPE(lf.scalar_type() == at::kLong && lo.scalar_type() == at::kLong,
                    "sparse_ssd_rulebook: label maps must be int64, got ", lf.scalar_type(), " and ",
                    lo.scalar_type());
@@ -150,14 +151,16 @@ std::tuple<Tensor, std::vector<Tensor>, std::vector<Tensor>, Tensor> sparse_ssd_
 
 void check_conv_args(const char* op, const Tensor& table, const Tensor& taps, const Tensor& offsets,
                      const Tensor& weight) {
-  TORCH_CHECK_VALUE(table.dim() == 2, op, ": table must be (T, m_in), got shape ", table.sizes());
+  // Zero widths are rejected before any chunk size divides by them; zero pairs (P = 0) are valid.
+  TORCH_CHECK_VALUE(table.dim() == 2 && table.numel() > 0, op,
+                    ": table must be (T, m_in) with T, m_in >= 1, got shape ", table.sizes());
   TORCH_CHECK_VALUE(taps.dim() == 2 && taps.size(1) == 9 && taps.scalar_type() == at::kLong, op,
                     ": taps must be (P, 9) int64, got shape ", taps.sizes(), " and dtype ", taps.scalar_type());
   TORCH_CHECK_VALUE(offsets.dim() == 1 && offsets.size(0) >= 2 && offsets.scalar_type() == at::kLong, op,
                     ": offsets must be (C+1,) int64, got shape ", offsets.sizes());
   const int64_t C = offsets.size(0) - 1;
-  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) % C == 0 && weight.size(1) == table.size(1) &&
-                        weight.size(2) == 3 && weight.size(3) == 3,
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(0) % C == 0 && weight.size(0) > 0 &&
+                        weight.size(1) == table.size(1) && weight.size(2) == 3 && weight.size(3) == 3,
                     op, ": weight must be (C*m_out, m_in, 3, 3) with C = ", C, " and m_in = ", table.size(1),
                     ", got shape ", weight.sizes());
   TORCH_CHECK_TYPE(weight.scalar_type() == table.scalar_type(), op, ": weight dtype ", weight.scalar_type(),

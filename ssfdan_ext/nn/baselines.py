@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import check_floating, check_labels, check_layer_shapes, check_num_classes, check_tensor
+from .._checks import as_finite_float, check_floating, check_labels, check_layer_shapes, check_num_classes, check_tensor
 from ..types import IGNORE, DiscriminatorOutput
 
 
@@ -43,8 +43,8 @@ class GlobalDiscriminator(nn.Module):
                  strides: Sequence[int] = (1, 2, 2, 2, 2), negative_slope: float = 0.2) -> None:
         super().__init__()
         widths, strides = check_layer_shapes(in_channels, channels, strides)
-        self.in_channels, self.channels, self.strides = in_channels, tuple(channels), strides
-        self.negative_slope = float(negative_slope)
+        self.in_channels, self.channels, self.strides = widths[0], tuple(widths[1:5]), strides
+        self.negative_slope = as_finite_float(negative_slope, "negative_slope")
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, k, stride=s, padding=p)
             for cin, cout, k, s, p in zip(widths[:-1], widths[1:], reference.KERNELS, strides, reference.PADDINGS))
@@ -81,10 +81,10 @@ class SoftDiscriminator(nn.Module):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         widths, strides = check_layer_shapes(in_channels, channels, strides)
-        self.in_channels, self.channels, self.strides = in_channels, tuple(channels), strides
-        self.negative_slope = float(negative_slope)
+        self.in_channels, self.channels, self.strides = widths[0], tuple(widths[1:5]), strides
+        self.negative_slope = as_finite_float(negative_slope, "negative_slope")
         C = self.num_classes
-        layers = [nn.Conv2d(in_channels, C * widths[1], 1)]
+        layers = [nn.Conv2d(widths[0], C * widths[1], 1)]
         layers += [nn.Conv2d(C * cin, C * cout, k, stride=s, padding=p, groups=C)
                    for cin, cout, k, s, p in zip(widths[1:-1], widths[2:], reference.KERNELS[1:], strides[1:],
                                                  reference.PADDINGS[1:])]

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import check_batch, check_floating, check_labels, check_layer_shapes, check_num_classes
+from .._checks import as_finite_float, check_batch, check_floating, check_labels, check_layer_shapes, check_num_classes
 from .._checks import check_same_device, check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
@@ -66,10 +66,10 @@ class SeparatedDiscriminator(nn.Module):
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
         widths, strides = check_layer_shapes(in_channels, channels, strides)
-        self.in_channels = in_channels
-        self.channels = tuple(channels)
+        self.in_channels = widths[0]
+        self.channels = tuple(widths[1:5])
         self.strides = strides
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = as_finite_float(negative_slope, "negative_slope")
         C = self.num_classes
         self.convs = nn.ModuleList(
             nn.Conv2d(C * cin, C * cout, k, stride=s, padding=p, groups=C)
@@ -136,9 +136,11 @@ class SeparatedDiscriminator(nn.Module):
                 weights, biases = params[:5], params[5:]
             logits = sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, C, self.negative_slope)
             return DiscriminatorOutput(logits, lo)
-        classes = torch.arange(C, device=features.device).view(1, C, 1, 1)
-        masks = (lf.unsqueeze(1) == classes).to(features.dtype)
-        x = (masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)
+        classes = torch.arange(C, device=features.device).view(1, C, 1, 1, 1)
+        # Separation by selection, not by multiplying with the mask: 0 * NaN is NaN, and a non-finite feature must
+        # reach its own class's stack only (docs: semantics, separation).
+        own = lf.view(B, 1, 1, h, w) == classes
+        x = torch.where(own, features.unsqueeze(1), features.new_zeros(())).reshape(B, C * n, h, w)
         return self._grouped_layers(x, lo, first=0)
 
     def _label_maps(self, features: Tensor, labels: Tensor,

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .. import reference
-from .._checks import check_floating, check_num_classes, check_rho, check_size, check_tensor
+from .._checks import check_floating, check_nonempty, check_num_classes, check_rho, check_size, check_tensor
 from .._ext import has_compiled_ops, has_cuda_kernels
 from ..types import Selection
 
@@ -42,11 +42,13 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
 
     Raises:
         TypeError: logits is not a floating-point tensor, rho is not a number, or out_sizes is not pairs of ints.
-        ValueError: wrong rank, C outside [1, 255], rho outside [0, 1], a size out of range, or NaN/Inf logits.
+        ValueError: wrong rank, an empty batch or map (B, H or W = 0), C outside [1, 255], rho outside [0, 1], a
+            size out of range, or NaN/Inf logits.
     """
     check_tensor(logits, "logits", 4, "(B, C, H, W)")
     check_floating(logits, "logits")
     check_num_classes(logits.shape[1], "logits.shape[1] (number of classes)")
+    check_nonempty(logits, "logits", "(B, C, H, W)")
     rho = check_rho(rho)
     sizes = check_out_sizes(out_sizes, logits)
     logits = logits.detach()

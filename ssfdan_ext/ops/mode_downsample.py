@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .._checks import check_num_classes, check_size, check_tensor
+from .._checks import check_nonempty, check_num_classes, check_size, check_tensor
 from .._ext import build_info, has_compiled_ops, has_cuda_kernels, require_compiled
 
 
@@ -22,7 +22,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
 
     Raises:
         TypeError: labels is not an int64 tensor, or size is not a pair of ints.
-        ValueError: wrong rank, size out of range, num_classes outside [1, 255], or a label outside
+        ValueError: wrong rank, an empty map (B, H or W = 0), size out of range, num_classes outside [1, 255], or a label outside
             [0, num_classes) ∪ {255}.
         RuntimeError: the compiled extension (or its CUDA kernels, for CUDA labels) is missing.
     """
@@ -30,6 +30,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     if labels.dtype != torch.int64:
         raise TypeError(f"labels must be int64, got {labels.dtype}")
     num_classes = check_num_classes(num_classes)
+    check_nonempty(labels, "labels", "(B, H, W)")
     h, w = check_size(size, labels)
     require_compiled("mode_downsample")
     if labels.is_cuda and not has_cuda_kernels():

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_batch, check_floating, check_labels, check_num_classes, check_same_device, check_tensor
+from .._checks import check_batch, check_floating, check_labels, check_nonempty, check_num_classes, check_same_device
+from .._checks import check_tensor
 from .._ext import has_compiled_ops, require_compiled
 
 IMPLEMENTATIONS = ("auto", "aten", "triton")
@@ -96,16 +97,19 @@ class _RoutedConv1x1(torch.autograd.Function):
 def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str) -> int:
     check_tensor(features, "features", 4, "(B, n, h, w)")
     check_floating(features, "features")
+    check_tensor(weight, "weight", 4, "(C*m, n, 1, 1)")
+    check_tensor(bias, "bias", 1, "(C*m,)")
     num_classes = check_num_classes(num_classes)
     check_labels(labels, "labels", num_classes)
     check_batch(features, "features", labels, "labels")
+    check_nonempty(features, "features", "(B, n, h, w)")
     check_same_device(features=features, labels=labels, weight=weight, bias=bias)
     if labels.shape[1:] != features.shape[2:]:
         raise ValueError(f"labels must be (B, h, w) at the feature resolution {tuple(features.shape[2:])}, got "
                          f"shape {tuple(labels.shape)}")
     n = features.shape[1]
-    if weight.dim() != 4 or weight.shape[1:] != (n, 1, 1) or weight.shape[0] % num_classes:
-        raise ValueError(f"weight must be (C*m, n, 1, 1) with C = {num_classes}, n = {n}, got shape "
+    if weight.shape[1:] != (n, 1, 1) or weight.shape[0] % num_classes or weight.shape[0] == 0:
+        raise ValueError(f"weight must be (C*m, n, 1, 1) with C = {num_classes}, n = {n} and m >= 1, got shape "
                          f"{tuple(weight.shape)}")
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"bias must be ({weight.shape[0]},), got shape {tuple(bias.shape)}")

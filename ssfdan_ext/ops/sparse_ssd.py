@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._checks import check_floating, check_labels, check_num_classes, check_same_device, check_tensor
+from .._checks import as_int, check_floating, check_labels, check_nonempty, check_num_classes, check_same_device
+from .._checks import check_tensor
 from .._ext import has_compiled_ops, require_compiled
 from .routed_conv1x1 import _RoutedConv1x1, _use_triton
 
@@ -63,6 +64,16 @@ def sparse_ssd_rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Seque
     num_classes = check_num_classes(num_classes)
     check_labels(lf, "lf", num_classes)
     check_labels(lo, "lo", num_classes)
+    check_nonempty(lf, "lf", "(B, h, w)")
+    check_nonempty(lo, "lo", "(B, h', w')")
+    if not isinstance(strides, Sequence) or isinstance(strides, str):
+        raise TypeError(f"strides must be a sequence of 4 ints (layers 2-5), got {strides!r}")
+    strides = [as_int(s, "strides[i]") for s in strides]
+    if len(strides) != 4 or any(s not in (1, 2) for s in strides):
+        raise ValueError(f"strides must be 4 ints (layers 2-5), each 1 or 2, got {strides}")
+    check_same_device(lf=lf, lo=lo)
+    if lf.shape[0] != lo.shape[0]:
+        raise ValueError(f"lf and lo must have the same batch size, got {lf.shape[0]} and {lo.shape[0]}")
     return _rulebook(lf, lo, num_classes, strides)
 
 
@@ -131,6 +142,12 @@ def _check_conv(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bi
     check_floating(table, "table")
     check_tensor(taps, "taps", 2, "(P, 9)")
     check_tensor(offsets, "offsets", 1, "(C+1,)")
+    check_tensor(weight, "weight", 4, "(C*m_out, m_in, 3, 3)")
+    check_tensor(bias, "bias", 1, "(C*m_out,)")
+    # Pairs may be absent (P = 0); the table and the layer widths may not.
+    check_nonempty(table, "table", "(T, m_in)")
+    if weight.shape[0] == 0:
+        raise ValueError(f"weight must be (C*m_out, m_in, 3, 3) with m_out >= 1, got shape {tuple(weight.shape)}")
     check_same_device(table=table, taps=taps, offsets=offsets, weight=weight, bias=bias)
     if taps.dtype != torch.int64 or offsets.dtype != torch.int64:
         raise TypeError(f"taps and offsets must be int64, got {taps.dtype} and {offsets.dtype}")
