@@ -88,7 +88,8 @@ def write_verified(obj: object, path: str | Path) -> Path:
             torch.save(obj, sink)
             f.write(MAGIC + sink.sha.hexdigest().encode() + b"\n")
             f.flush()
-            os.fchmod(f.fileno(), file_mode())
+            if hasattr(os, "fchmod"):  # POSIX (and Windows from Python 3.13)
+                os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:

@@ -8,9 +8,11 @@ leaves no stale lock: the file stays, unlocked, and the next run takes it.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -114,17 +116,15 @@ def claim_out_dir(out_dir: str | Path, info: D.DistInfo, device: torch.device) -
     return lock
 
 
-def releases_lock_on_error(init):
+def releases_lock_on_error(init: Callable[..., None]) -> Callable[..., None]:
     """Decorate ``__init__`` of an object that keeps its :class:`OutDirLock` in ``self._lock``: when the
     constructor fails after taking the lock, give it back at once (the half-built object never reaches
     ``close()``, and a traceback kept alive would otherwise hold the lock).
 
     Shapes: n/a.
     """
-    import functools
-
     @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: object, *args: object, **kwargs: object) -> None:
         try:
             init(self, *args, **kwargs)
         except BaseException:
