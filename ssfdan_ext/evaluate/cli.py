@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from ..data import CROSSCITY_CITIES, DATASETS, build_dataset, classes
-from ..models import MODELS, build_model, load_checkpoint, load_pretrained
+from ..models import MODELS, build_model, load_pretrained, model_from_checkpoint
+from ..models.verified_io import UnverifiedCheckpointWarning, read_verified
 from .metrics import iou_table, write_iou_table
 from .runner import evaluate
 
@@ -57,11 +59,33 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _load_model(args: argparse.Namespace) -> torch.nn.Module:
-    obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True) if args.checkpoint.is_file() else None
-    if obj is None:
-        raise SystemExit(f"ssfdan-eval: checkpoint {args.checkpoint} does not exist")
-    if isinstance(obj, dict) and "config" in obj:
-        return load_checkpoint(args.checkpoint)
+    """The model of ``--checkpoint``; every way the file can be wrong is one line (SystemExit), not a traceback."""
+    path = args.checkpoint
+    if path.is_dir():
+        raise SystemExit(f"ssfdan-eval: --checkpoint {path} is a directory; give a checkpoint file in it (such as "
+                         f"{path / 'final.pt'})")
+    if not path.exists():
+        raise SystemExit(f"ssfdan-eval: checkpoint {path} does not exist")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UnverifiedCheckpointWarning)
+            obj = read_verified(path)  # the digest is checked before anything is unpickled
+        for w in caught:
+            print(f"ssfdan-eval: warning: {w.message}", file=sys.stderr)
+        if not isinstance(obj, dict):
+            raise SystemExit(f"ssfdan-eval: {path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
+        if "config" in obj:
+            given = [f"--{k.replace('_', '-')}" for k in ("model", "num_classes") if getattr(args, k) is not None]
+            if given:
+                print(f"ssfdan-eval: warning: {' and '.join(given)} ignored: {path} carries its model configuration "
+                      f"({obj['config'].get('arch')}, {obj['config'].get('num_classes')} classes)", file=sys.stderr)
+            return model_from_checkpoint(obj, path)
+        return _plain_state_dict_model(args)
+    except ValueError as err:  # CheckpointError and the shape / key errors of load_pretrained
+        raise SystemExit(f"ssfdan-eval: {err}") from None
+
+
+def _plain_state_dict_model(args: argparse.Namespace) -> torch.nn.Module:
     if args.model is None:
         raise SystemExit(f"ssfdan-eval: {args.checkpoint} is a plain state dict; give --model and --num-classes")
     options = ({"aspp_branches": args.aspp_branches, "caffe_style": args.caffe_style}

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .checkpoint import LoadReport, load_checkpoint, load_pretrained, save_checkpoint
+from .checkpoint import LoadReport, load_checkpoint, load_pretrained, model_from_checkpoint, save_checkpoint
 from .deeplab import ASPPClassifier, DeepLabV2, deeplabv2_resnet50, deeplabv2_resnet101
 from .fcn8s import FCN8s, fcn8s_vgg16
 from .small import SmallSegNet, small_segnet
+from .verified_io import CheckpointError, UnverifiedCheckpointWarning
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "deeplabv2_resnet101": deeplabv2_resnet101,
@@ -37,7 +38,7 @@ def build_model(name: str, num_classes: int = 19, **kwargs: object) -> nn.Module
 
 
 __all__ = [
-    "ASPPClassifier", "DeepLabV2", "FCN8s", "LoadReport", "MODELS", "SmallSegNet", "build_model",
-    "deeplabv2_resnet101", "deeplabv2_resnet50", "fcn8s_vgg16", "load_checkpoint", "load_pretrained",
-    "save_checkpoint", "small_segnet",
+    "ASPPClassifier", "CheckpointError", "DeepLabV2", "FCN8s", "LoadReport", "MODELS", "SmallSegNet",
+    "UnverifiedCheckpointWarning", "build_model", "deeplabv2_resnet101", "deeplabv2_resnet50", "fcn8s_vgg16",
+    "load_checkpoint", "load_pretrained", "model_from_checkpoint", "save_checkpoint", "small_segnet",
 ]

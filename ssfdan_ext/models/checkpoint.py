@@ -8,6 +8,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .verified_io import CheckpointError, read_verified, write_verified
+
 # Head parameters of each model: they may be absent (ImageNet weights) or shaped for another class count.
 _HEAD_PREFIXES = ("layer5.", "score_", "classifier.")
 # Wrappers of saved modules: DataParallel ("module.") and the multi-scale DeepLab of pytorch-deeplab ("Scale.").
@@ -26,16 +28,15 @@ class LoadReport(NamedTuple):
 
 
 def _read_state(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # Weights from elsewhere (ImageNet, DeepLab) carry no digest: verified when they do, silent when not.
+    obj = read_verified(path, "cpu", warn_unverified=False)
     if isinstance(obj, dict):
         for key in ("model", "state_dict"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model' or "
+        raise CheckpointError(f"{path} holds no state dict (expected a dict of tensors, or one under 'model' or "
                          "'state_dict')")
     return obj
 
@@ -105,30 +106,40 @@ def load_pretrained(model: nn.Module, path: str | Path | Mapping[str, Tensor],
 def save_checkpoint(model: nn.Module, path: str | Path, **extra: object) -> None:
     """Save ``model``'s weights with the configuration :func:`load_checkpoint` rebuilds it from.
 
+    The file is written atomically with a SHA-256 digest that :func:`load_checkpoint` verifies
+    (:mod:`ssfdan_ext.models.verified_io`); it still loads with plain ``torch.load``.
+
     Shapes: n/a (writes ``{"model": state_dict, "config": model.config, **extra}``).
     """
     config = getattr(model, "config", None)
     if not isinstance(config, dict):
         raise TypeError(f"model must be built by ssfdan_ext.models (with a .config), got {type(model).__name__}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "config": dict(config), **extra}, path)
+    write_verified({"model": model.state_dict(), "config": dict(config), **extra}, path)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model saved by :func:`save_checkpoint` and load its weights (strictly).
+def model_from_checkpoint(obj: object, path: str | Path) -> nn.Module:
+    """The model a loaded :func:`save_checkpoint` dict describes, with its weights (strictly); ``path`` names it
+    in errors.
 
     Shapes: n/a.
     """
     from . import build_model
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    obj = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(obj, dict) or "config" not in obj or "model" not in obj:
-        raise ValueError(f"{path} is not a checkpoint written by save_checkpoint (no 'config'/'model'); "
-                         "build the model with build_model(...) and use load_pretrained for plain state dicts")
+    if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict) or not isinstance(obj.get("model"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint written by save_checkpoint (no 'config'/'model'); "
+                              "build the model with build_model(...) and use load_pretrained for plain state dicts")
     config = dict(obj["config"])
     model = build_model(config.pop("arch"), **config)
     model.load_state_dict(obj["model"])
     return model
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a model saved by :func:`save_checkpoint` and load its weights (strictly).
+
+    The file's digest is verified first: a damaged, truncated, empty or foreign file is a
+    :class:`~ssfdan_ext.models.verified_io.CheckpointError` naming it; one without a digest loads with a warning.
+
+    Shapes: n/a.
+    """
+    return model_from_checkpoint(read_verified(path, map_location), path)

@@ -4,7 +4,8 @@
 (resuming, validating, checkpointing, logging; multi-process under ``torchrun``).
 """
 from .config import ADAPTATIONS, ConfigError, TrainConfig, from_dict, load_config
+from .guards import DivergenceError, DriverError, OutDirLockedError
 from .loop import Trainer, TrainResult, train
 
-__all__ = ["ADAPTATIONS", "ConfigError", "TrainConfig", "TrainResult", "Trainer", "from_dict", "load_config",
-           "train"]
+__all__ = ["ADAPTATIONS", "ConfigError", "DivergenceError", "DriverError", "OutDirLockedError", "TrainConfig",
+           "TrainResult", "Trainer", "from_dict", "load_config", "train"]

@@ -1,38 +1,33 @@
-"""Training checkpoints: atomic writes, the last K kept, the best by validation mIoU, RNG states."""
+"""Training checkpoints: atomic writes with a digest, the last K kept, the best by validation mIoU, RNG states."""
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..models.verified_io import CheckpointError, read_verified, write_verified
+
 _NAME = re.compile(r"^ckpt_(\d{8})\.pt$")
+# What a resumed run reads from a training checkpoint (Trainer.state writes these and more).
+_TRAINING_KEYS = ("model", "discriminators", "opt_g", "sched_g", "scaler_g", "scaler_d", "iteration", "rng",
+                  "best_miou")
 
 
 def atomic_save(obj: object, path: str | Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, flushed to disk, then renamed over ``path``.
+    """``torch.save`` with a SHA-256 digest trailer to a temporary file in the same folder, flushed to disk, then
+    renamed over ``path`` (:func:`ssfdan_ext.models.verified_io.write_verified`).
 
-    A run killed mid-write leaves the previous file intact (the rename is atomic on POSIX file systems).
+    A run killed mid-write leaves the previous file intact (the rename is atomic on POSIX file systems) and a
+    ``.<name>.<random>.tmp`` file that the next run in the folder removes; a failed write raises
+    :class:`CheckpointError` ``cannot write <path>: <reason>``.
 
     Shapes: n/a.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_verified(obj, path)
 
 
 def rng_state() -> dict:
@@ -97,5 +92,29 @@ class CheckpointManager:
 
     @staticmethod
     def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-        """Read a training checkpoint (plain tensors and Python values: it loads with ``weights_only``)."""
-        return torch.load(path, map_location=map_location, weights_only=True)
+        """Read a training checkpoint (plain tensors and Python values: it loads with ``weights_only``) after
+        verifying its digest; a damaged, truncated, empty or foreign file is a :class:`CheckpointError`."""
+        state = read_verified(path, map_location)
+        missing = [k for k in _TRAINING_KEYS if k not in state] if isinstance(state, dict) else list(_TRAINING_KEYS)
+        if missing:
+            raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)})")
+        return state
+
+    def load_newest(self, report: Callable[[str], None] | None = None) -> tuple[Path, dict] | None:
+        """The newest checkpoint that reads back intact, as ``(path, state)``; None when there is none at all.
+
+        Each damaged or unreadable newer one is passed to ``report`` by name and skipped; when every one is, a
+        :class:`CheckpointError` says so.
+        """
+        found = self.checkpoints()
+        for path in reversed(found):
+            try:
+                return path, self.load(path, "cpu")
+            except CheckpointError as err:
+                if report is not None:
+                    report(f"warning: {err}; trying the previous checkpoint")
+        if found:
+            raise CheckpointError(f"resume=true but none of the {len(found)} checkpoints in {self.directory} is "
+                                  f"intact ({', '.join(p.name for p in found)}): delete them to start afresh, or "
+                                  "choose another out_dir")
+        return None

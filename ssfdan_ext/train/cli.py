@@ -5,7 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from ..models.verified_io import CheckpointError
 from .config import ConfigError, TrainConfig, load_config
+from .guards import DriverError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,7 +28,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``ssfdan-train`` and ``python -m ssfdan_ext.train``.
+    """Entry point of ``ssfdan-train`` and ``python -m ssfdan_ext.train``; returns the exit status (0; 2 when the
+    run cannot start or continue as asked; 3 when it diverged: see :mod:`ssfdan_ext.train.guards`).
 
     Shapes: n/a.
     """
@@ -43,7 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     from .loop import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, CheckpointError, DriverError) as err:
+        # Driver errors are one line: they name the key, the file or the other run, and a traceback adds nothing.
+        print(f"ssfdan-train: error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
     return 0
 
 

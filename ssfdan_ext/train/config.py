@@ -7,6 +7,7 @@ same file as ``configs/synthetic.yaml``), which needs no files.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -155,6 +156,19 @@ def _choice(key: str, value: str, choices: Sequence[str]) -> None:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_finite(cfg: TrainConfig) -> None:
+    # NaN passes every range check (all comparisons are false) and inf passes "positive": both would only
+    # surface iterations later as a diverged loss, so every float key (and float list item) must be finite.
+    for key, hint in _HINTS.items():
+        if float not in (hint, *typing.get_args(hint)):
+            continue
+        value = getattr(cfg, key)
+        for i, v in enumerate(value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, float) and not math.isfinite(v):
+                name = f"{key}[{i}]" if isinstance(value, (list, tuple)) else key
+                raise ConfigError(f"{name} must be a finite number, got {v}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check the values that the types alone do not constrain; raises ConfigError naming the key.
 
@@ -163,6 +177,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     from ..data import DATASETS
     from ..models import MODELS
 
+    _check_finite(cfg)
     _choice("adaptation", cfg.adaptation, ADAPTATIONS)
     _choice("source_masks", cfg.source_masks, SOURCE_MASKS)
     _choice("amp", cfg.amp, AMP_MODES)

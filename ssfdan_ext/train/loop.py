@@ -21,6 +21,8 @@ from .adapt import Discriminators, LossTerm
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, validate
 from .data import StreamBatchSampler, build_datasets, loader
+from .guards import check_finite_losses, check_finite_tensors, divergence_explained
+from .outdir import claim_out_dir, releases_lock_on_error
 from .runlog import CsvLog, Progress, TensorBoard
 
 
@@ -72,6 +74,7 @@ class Trainer:
     Shapes: n/a.
     """
 
+    @releases_lock_on_error
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg = validate(cfg)
         self.device = _device(cfg)
@@ -81,6 +84,8 @@ class Trainer:
         self.dist = D.init_distributed(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
+        # Before anything is read from or written to out_dir: one run per out_dir at a time.
+        self._lock = claim_out_dir(cfg.out_dir, self.dist, self.device)
         self._seed(cfg.seed)
         model = build_model(cfg.model, cfg.num_classes, **cfg.model_kwargs)
         if cfg.pretrained:
@@ -158,6 +163,7 @@ class Trainer:
     def state(self, iteration: int) -> dict:
         """Everything a resumed run needs; ``model``/``config`` also make it an ``ssfdan-eval`` checkpoint."""
         opt = lambda o: None if o is None else o.state_dict()  # noqa: E731
+        self._check_finite_weights(iteration)
         return {"model": self.model.state_dict(), "config": dict(self.model.config),
                 "discriminators": self.discs.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": opt(self.opt_d), "sched_g": self.sched_g.state_dict(), "sched_d": opt(self.sched_d),
@@ -167,13 +173,14 @@ class Trainer:
 
     def _resume(self) -> dict | None:
         """Load the newest checkpoint; returns its RNG states (restored once everything is built), or None."""
-        path = self.ckpt.latest()
-        if path is None:
+        # On the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
+        # A damaged newest checkpoint is reported and the one before it used.
+        found = self.ckpt.load_newest(report=print if self.dist.is_main else None)
+        if found is None:
             if self.dist.is_main:
                 print(f"resume=true but {self.ckpt.directory} holds no checkpoint: starting afresh")
             return None
-        # On the CPU: the RNG states must stay CPU tensors; load_state_dict moves the rest to the parameters.
-        state = CheckpointManager.load(path, "cpu")
+        path, state = found
         _check_resumable(self.cfg, self.dist.world_size, state, path)
         self.model.load_state_dict(state["model"])
         self.discs.load_state_dict(state["discriminators"])
@@ -188,6 +195,10 @@ class Trainer:
         if self.dist.is_main:
             print(f"resumed from {path} at iteration {self.start}")
         return state["rng"]
+
+    def _check_finite_weights(self, iteration: int) -> None:
+        named = [*self.model.state_dict().items(), *self.discs.state_dict().items()]
+        check_finite_tensors(named, iteration, self.ckpt.latest)
 
     # --- one iteration ----------------------------------------------------------------------------------------
     def _normalized(self, terms: list[LossTerm]) -> Tensor:
@@ -221,8 +232,10 @@ class Trainer:
                 logits_t, feat_t = self.model_ddp(img_t)
                 pred_t = F.interpolate(logits_t, size=img_t.shape[-2:], mode="bilinear", align_corners=True)
             # Each domain's masks at its own feature size: source and target images may differ in size.
-            masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
-            masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
+            # Diverged weights give NaN logits, which confidence_select refuses before any loss is on the host.
+            with divergence_explained((("loss_seg", loss_seg), ("target logits", pred_t)), it, self.ckpt.latest):
+                masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
+                masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
             self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
             with self._autocast():
                 loss_adv = self._normalized(self.discs.generator_terms(feat_t, masks_t))
@@ -242,6 +255,8 @@ class Trainer:
             self.sched_d.step()
         losses = D.mean_over_ranks(torch.stack([loss_seg.detach().float(), loss_adv.detach().float(),
                                                 loss_d.detach().float()]), self.dist).tolist()
+        # The losses are on the host already (for the log): a diverged run stops here, before it is checkpointed.
+        check_finite_losses(("loss_seg", "loss_adv", "loss_d"), losses, it, self.ckpt.latest)
         row = {"iteration": it, "loss_seg": losses[0], "loss_adv": losses[1], "loss_d": losses[2],
                "rho": float(rho), "lr": lrs[0], "lr_d": lrs[1]}
         self._tau = tau
@@ -322,6 +337,7 @@ class Trainer:
                 self.ckpt.save_best(self.state(cfg.iterations))
             from ..models import save_checkpoint
 
+            self._check_finite_weights(cfg.iterations)
             save_checkpoint(self.model, self.out_dir / "final.pt", iteration=cfg.iterations)
             write_iou_table(result.iou, result.class_names, self.out_dir / "iou")
             print(f"target-domain IoU after {cfg.iterations} iterations ({cfg.adaptation}, {cfg.name}):")
@@ -336,6 +352,8 @@ class Trainer:
         self.tb.close()
         D.cleanup(self.dist)
         torch.set_num_threads(self._threads)
+        if self._lock is not None:
+            self._lock.release()
 
 
 # Keys that must not change when a run is resumed: they define the model, the data stream or the schedule.
