@@ -206,3 +206,21 @@ def test_python_dash_m_entry_point(tmp_path, tiny_checkpoint):
     assert done.returncode == 0, done.stderr
     assert "mIoU" in done.stdout and "evaluate" in done.stderr  # the tqdm progress bar
     assert (tmp_path / "m" / "iou.csv").exists()
+
+
+def test_cli_on_a_plain_state_dict_with_non_default_widths(tmp_path, capsys):
+    plain = tmp_path / "narrow.pth"
+    torch.save(build_model("small", 13, width=8, feature_channels=16).state_dict(), plain)
+    args = ["--checkpoint", str(plain), "--model", "small", "--num-classes", "13", "--dataset", "synthetic",
+            "--length", "2", "--input-size", "32x64", "--workers", "0", "--out", str(tmp_path / "o"),
+            "--no-progress", "--save-predictions", "0"]
+    with pytest.raises(SystemExit):  # the default widths do not fit the weights
+        main(args)
+    capsys.readouterr()
+    assert main([*args, "--model-kwargs", "{width: 8, feature_channels: 16}"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="do not fit small"):
+        main([*args, "--model-kwargs", "{depth: 3}"])
+    with pytest.raises(SystemExit):
+        main([*args, "--model-kwargs", "[1, 2]"])
+    assert "expected a YAML mapping" in capsys.readouterr().err

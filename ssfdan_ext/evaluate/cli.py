@@ -24,6 +24,20 @@ def _size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def _mapping(text: str) -> dict:
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{width: 16}}', got {text!r}: {err}")
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise argparse.ArgumentTypeError(f"expected a YAML mapping such as '{{width: 16}}', got {text!r}")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line interface of ``ssfdan-eval``.
 
@@ -36,6 +50,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, help="classes of a plain state dict's model (default 19)")
     p.add_argument("--aspp-branches", type=int, default=4, help="DeepLab: 2 for AdaptSegNet-era weights")
     p.add_argument("--caffe-style", action="store_true", help="DeepLab: Caffe ResNet layout and normalisation")
+    p.add_argument("--model-kwargs", type=_mapping, default={}, metavar="YAML",
+                   help="constructor arguments of a plain state dict's model with non-default widths, as a YAML "
+                        "mapping, e.g. '{width: 16, feature_channels: 32}' (the training config's model_kwargs)")
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--root", type=Path, help="dataset root (not needed for 'synthetic')")
     p.add_argument("--split", default=None,
@@ -76,6 +93,7 @@ def _load_model(args: argparse.Namespace) -> torch.nn.Module:
             raise SystemExit(f"ssfdan-eval: {path} holds a {type(obj).__name__}, not a checkpoint or a state dict")
         if "config" in obj:
             given = [f"--{k.replace('_', '-')}" for k in ("model", "num_classes") if getattr(args, k) is not None]
+            given += ["--model-kwargs"] if args.model_kwargs else []
             if given:
                 print(f"ssfdan-eval: warning: {' and '.join(given)} ignored: {path} carries its model configuration "
                       f"({obj['config'].get('arch')}, {obj['config'].get('num_classes')} classes)", file=sys.stderr)
@@ -90,7 +108,11 @@ def _plain_state_dict_model(args: argparse.Namespace) -> torch.nn.Module:
         raise SystemExit(f"ssfdan-eval: {args.checkpoint} is a plain state dict; give --model and --num-classes")
     options = ({"aspp_branches": args.aspp_branches, "caffe_style": args.caffe_style}
                if args.model.startswith("deeplab") else {})
-    model = build_model(args.model, args.num_classes or 19, **options)
+    options.update(args.model_kwargs)
+    try:
+        model = build_model(args.model, args.num_classes or 19, **options)
+    except TypeError as err:  # an argument the model's constructor does not take
+        raise SystemExit(f"ssfdan-eval: --model-kwargs {args.model_kwargs} do not fit {args.model}: {err}") from None
     report = load_pretrained(model, args.checkpoint)
     if report.skipped_head or report.missing:
         raise SystemExit(f"ssfdan-eval: {args.checkpoint} has no classifier for {model.num_classes} classes "
