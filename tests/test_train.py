@@ -204,3 +204,15 @@ def test_resume_rejects_changed_keys_and_restores_the_rng_last(tmp_path):
         assert resumed.start == 2
     finally:
         resumed.close()
+
+
+def test_kept_pixels_are_logged_and_start_at_zero(tmp_path):
+    # rho_schedule(0, N) = 0: the first iteration keeps no target pixel, so the SS-D losses are exactly 0 there;
+    # the log says so instead of leaving the user to wonder.
+    train(tiny_config(tmp_path, iterations=4, adaptation="ssd", progressive=True))
+    rows = read_csv(tmp_path / "train.csv")
+    kept = [int(r["kept_pixels"]) for r in rows]
+    assert kept[0] == 0 and float(rows[0]["loss_adv"]) == 0.0
+    assert all(k > 0 for k in kept[1:])
+    train(tiny_config(tmp_path / "none", iterations=1, adaptation="none"))
+    assert read_csv(tmp_path / "none" / "train.csv")[0]["kept_pixels"] == "0"

@@ -23,13 +23,15 @@ class Masks(NamedTuple):
 
     Shapes: labels (B, H, W) int64 (kept pseudo labels or ground truth); maps ((B, h, w), (B, h', w')) their
     mode downsamplings to the feature and SS-D output sizes; tau (B, C) CA-R weights of the target or None;
-    soft (B, C, h', w') class fractions of the unfiltered prediction, or None.
+    soft (B, C, h', w') class fractions of the unfiltered prediction, or None; kept (B, C) int64 pixels kept per
+    image and class by the confidence selection, or None.
     """
 
     labels: Tensor | None
     maps: tuple[Tensor, Tensor] | None
     tau: Tensor | None
     soft: Tensor | None
+    kept: Tensor | None = None
 
 
 class LossTerm(NamedTuple):
@@ -91,15 +93,15 @@ class Discriminators(nn.Module):
         Shapes: pred (B, C, H, W) detached logits at the image size.
         """
         out = self.output_size(*feature_size)
-        labels = maps = tau = soft = None
+        labels = maps = tau = soft = kept = None
         sel_tau = torch.zeros(pred.shape[0], self.num_classes, device=pred.device)
         if self.ssd is not None:
             sel = confidence_select(pred.float(), rho, out_sizes=(feature_size, out))
-            labels, maps, sel_tau = sel.labels, tuple(sel.downsampled), sel.tau
+            labels, maps, sel_tau, kept = sel.labels, tuple(sel.downsampled), sel.tau, sel.counts
             tau = sel.tau if self.cfg.car else None
         if self.soft is not None:
             soft = soft_class_weights(pred.argmax(1), out, self.num_classes)
-        return Masks(labels, maps, tau, soft), sel_tau
+        return Masks(labels, maps, tau, soft, kept), sel_tau
 
     @torch.no_grad()
     def source_masks(self, pred: Tensor, ground_truth: Tensor, rho: float, feature_size: tuple[int, int]) -> Masks:

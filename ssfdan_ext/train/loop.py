@@ -141,6 +141,7 @@ class Trainer:
             set_rng_state(rng)
         self.history: list[dict] = []
         self._tau: Tensor | None = None
+        self._kept: Tensor | None = None
 
     # --- set-up -----------------------------------------------------------------------------------------------
     def _seed(self, seed: int) -> None:
@@ -223,7 +224,7 @@ class Trainer:
             loss_seg = F.cross_entropy(pred_s.float(), lbl_s, ignore_index=IGNORE, reduction="sum")
             loss_seg = D.global_normalize(loss_seg / count_s.clamp(min=1), count_s, self.dist)
         loss_adv = loss_d = torch.zeros((), device=dev)
-        tau = None
+        tau = kept = None
         if not self.discs.active:
             self.scaler_g.scale(loss_seg).backward()
         else:
@@ -235,6 +236,7 @@ class Trainer:
             # Diverged weights give NaN logits, which confidence_select refuses before any loss is on the host.
             with divergence_explained((("loss_seg", loss_seg), ("target logits", pred_t)), it, self.ckpt.latest):
                 masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
+                kept = masks_t.kept
                 masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
             self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
             with self._autocast():
@@ -253,13 +255,18 @@ class Trainer:
             self.scaler_d.step(self.opt_d)
             self.scaler_d.update()
             self.sched_d.step()
-        losses = D.mean_over_ranks(torch.stack([loss_seg.detach().float(), loss_adv.detach().float(),
-                                                loss_d.detach().float()]), self.dist).tolist()
+        # The kept target pixels ride along with the losses (one host read): rho_schedule starts at 0, so the SS-D
+        # losses are exactly 0 at first and a user should see how many pixels carry them.
+        kept_total = kept.sum().float() if kept is not None else torch.zeros((), device=dev)
+        logged = D.mean_over_ranks(torch.stack([loss_seg.detach().float(), loss_adv.detach().float(),
+                                                loss_d.detach().float(), kept_total]), self.dist).tolist()
+        losses = logged[:3]
         # The losses are on the host already (for the log): a diverged run stops here, before it is checkpointed.
         check_finite_losses(("loss_seg", "loss_adv", "loss_d"), losses, it, self.ckpt.latest)
         row = {"iteration": it, "loss_seg": losses[0], "loss_adv": losses[1], "loss_d": losses[2],
-               "rho": float(rho), "lr": lrs[0], "lr_d": lrs[1]}
-        self._tau = tau
+               "rho": float(rho), "lr": lrs[0], "lr_d": lrs[1],
+               "kept_pixels": int(round(logged[3] * self.dist.world_size))}
+        self._tau, self._kept = tau, kept
         return row
 
     # --- validation, logging, checkpoints ---------------------------------------------------------------------
@@ -293,7 +300,7 @@ class Trainer:
         it = row["iteration"]
         self.csv.write(row)
         show = {k: row[k] for k in ("loss_seg", "loss_adv", "loss_d")}
-        progress.update({**show, "rho": row["rho"]})
+        progress.update({**show, "rho": row["rho"], "kept": row["kept_pixels"]})
         if (it + 1) % self.cfg.log_every == 0:
             self.tb.scalars({f"loss/{k[5:]}": v for k, v in show.items()}, it + 1)
             self.tb.scalars({"rho": row["rho"], "lr/segmenter": row["lr"], "lr/discriminator": row["lr_d"]},
@@ -303,6 +310,9 @@ class Trainer:
                 present = tau > 0
                 mean = (tau.sum(0) / present.sum(0).clamp(min=1)).masked_fill(present.sum(0) == 0, float("nan"))
                 self.tb.per_class("tau", mean, self.val.class_names, it + 1)
+            if self._kept is not None:  # target pixels kept per class (this process's batch)
+                self.tb.per_class("kept_pixels", self._kept.sum(0).float().cpu(), self.val.class_names, it + 1)
+                self.tb.scalars({"kept_pixels/all": row["kept_pixels"]}, it + 1)
 
     def run(self) -> TrainResult:
         """Train from ``self.start`` to ``cfg.iterations``, then report the target-domain IoU table."""
