@@ -4,8 +4,8 @@ Start with :class:`SeparatedDiscriminator`, :func:`confidence_select`, :func:`ad
 :func:`discriminator_loss`; :mod:`ssfdan_ext.reference` holds the plain-PyTorch definition of every op.
 """
 from ._ext import build_info, has_cuda_kernels
-from .losses import adversarial_loss, discriminator_loss
-from .nn import SeparatedDiscriminator
+from .losses import adversarial_loss, discriminator_loss, domain_loss
+from .nn import SeparatedDiscriminator, WithFeatures
 from .ops import confidence_select, mode_downsample
 from .reference import rho_schedule
 from .types import IGNORE, DiscriminatorOutput, Selection
@@ -17,10 +17,12 @@ __all__ = [
     "DiscriminatorOutput",
     "Selection",
     "SeparatedDiscriminator",
+    "WithFeatures",
     "adversarial_loss",
     "build_info",
     "confidence_select",
     "discriminator_loss",
+    "domain_loss",
     "has_cuda_kernels",
     "mode_downsample",
     "rho_schedule",

@@ -64,3 +64,21 @@ def discriminator_loss(source_output: DiscriminatorOutput, target_output: Discri
     _check_labels_and_tau(source_output, "source_output", tau)
     _check_labels_and_tau(target_output, "target_output", tau)
     return reference.discriminator_loss(source_output, target_output, tau)
+
+
+def domain_loss(output: DiscriminatorOutput, domain: int, tau: Tensor | None = None) -> Tensor:
+    """One domain's half of :func:`discriminator_loss`: ``0.5 * BCE(output, domain)`` weighted by ``tau``.
+
+    ``domain`` is 0 for source features and 1 for target features; ``tau`` is the target selection's CA-R
+    weights for both halves, and each half is divided by its own number of labelled cells, exactly as inside
+    :func:`discriminator_loss`, so ``domain_loss(source, 0, tau) + domain_loss(target, 1, tau)`` equals
+    ``discriminator_loss(source, target, tau)``. Backpropagating each half right after its own forward keeps only
+    one discriminator graph alive at a time (AdaptSegNet's order), which lowers peak memory.
+
+    Shapes: output.logits (B, 1, h', w'), output.labels (B, h', w'), tau (B, C) -> scalar.
+    """
+    output = _check_output(output, "output")
+    if isinstance(domain, bool) or domain not in (0, 1):
+        raise ValueError(f"domain must be 0 (source) or 1 (target), got {domain!r}")
+    _check_labels_and_tau(output, "output", tau)
+    return reference.domain_loss(output, int(domain), tau)

@@ -222,6 +222,12 @@ def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = No
     return weighted_bce(target_output, 0.0, car_weights(tau, target_output.labels))
 
 
+def domain_loss(output: DiscriminatorOutput, domain: int, tau: Tensor | None = None) -> Tensor:
+    """One domain's half of eq. 5: ``0.5 * weighted BCE(output, domain)``; the source half (domain 0) plus the
+    target half (domain 1) is :func:`discriminator_loss`."""
+    return 0.5 * weighted_bce(output, float(domain), car_weights(tau, output.labels))
+
+
 def discriminator_loss(source_output: DiscriminatorOutput, target_output: DiscriminatorOutput,
                        tau: Tensor | None = None) -> Tensor:
     """Eq. 5: source cells are domain 0, target cells domain 1; the target tau weights both sides."""

@@ -31,7 +31,12 @@ class Selection(NamedTuple):
 
 
 class DiscriminatorOutput(NamedTuple):
-    """What a class-wise discriminator returns.
+    """What a class-wise discriminator returns: a pair, not a tensor.
+
+    Code written for a discriminator that returns a logit tensor (``D(x).data``, ``bce(D(x), label)``) needs the
+    losses instead: :func:`~ssfdan_ext.adversarial_loss`, :func:`~ssfdan_ext.discriminator_loss` or, one domain
+    at a time, :func:`~ssfdan_ext.domain_loss`. A plain BCE on ``logits`` would also count the output cells that
+    have no class (IGNORE), whose logit is a placeholder 0, and would drop the CA-R weights.
 
     Shapes:
         logits: (B, 1, h', w'), the domain logit of each output cell (0 on IGNORE cells).
@@ -40,3 +45,12 @@ class DiscriminatorOutput(NamedTuple):
 
     logits: Tensor
     labels: Tensor
+
+    def __getattr__(self, name: str):
+        # Only reached for names a NamedTuple lacks, e.g. the tensor attributes of a tensor-returning discriminator.
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"'DiscriminatorOutput' object has no attribute {name!r}: it is the pair (logits, labels), not a tensor. "
+            "Use ssfdan_ext.adversarial_loss / discriminator_loss / domain_loss on it (a plain BCE on .logits would "
+            "count the output cells without a class), or .logits for the (B, 1, h', w') tensor itself")

@@ -100,3 +100,24 @@ def test_loss_errors():
         ssfdan_ext.adversarial_loss(DiscriminatorOutput(out.logits, out.labels.to("meta")))
     with pytest.raises(ValueError, match="same batch size"):
         ssfdan_ext.discriminator_loss(_outputs(1), out)
+
+
+@pytest.mark.parametrize("with_tau", [False, True])
+def test_domain_loss_halves_sum_to_the_discriminator_loss(with_tau):
+    gen = torch.Generator().manual_seed(3)
+    labels_s = torch.randint(0, 4, (2, 3, 5), generator=gen)
+    labels_t = torch.randint(0, 4, (2, 3, 5), generator=gen)
+    labels_s[0, 0] = ssfdan_ext.IGNORE
+    logits_s = torch.randn(2, 1, 3, 5, generator=gen, requires_grad=True)
+    logits_t = torch.randn(2, 1, 3, 5, generator=gen, requires_grad=True)
+    tau = torch.rand(2, 4, generator=gen) if with_tau else None
+    out_s, out_t = DiscriminatorOutput(logits_s, labels_s), DiscriminatorOutput(logits_t, labels_t)
+    joint = ssfdan_ext.discriminator_loss(out_s, out_t, tau)
+    halves = ssfdan_ext.domain_loss(out_s, 0, tau) + ssfdan_ext.domain_loss(out_t, 1, tau)
+    torch.testing.assert_close(halves, joint)
+    g_joint = torch.autograd.grad(joint, (logits_s, logits_t))
+    g_halves = torch.autograd.grad(halves, (logits_s, logits_t))
+    for a, b in zip(g_halves, g_joint):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="domain must be 0"):
+        ssfdan_ext.domain_loss(out_s, 2, tau)
