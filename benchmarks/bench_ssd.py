@@ -5,7 +5,9 @@
 
     python benchmarks/bench_ssd.py --preset cpu --layout checkerboard   # the worst case for the fused backend
 
-Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discriminator; ``l1`` times semantic
+Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discriminator; ``plan`` is ``full`` with
+the label-dependent part (downsampled maps, the fused backend's rulebook) built once beforehand and reused, as
+the training driver does for the two passes over the target labels; ``l1`` times semantic
 separation + layer 1 alone (forward and backward), each provider in its own output layout: the C dense class
 maps (reference, grouped) or the routed rows of the class cells (fused).
 
@@ -36,7 +38,7 @@ from ssfdan_ext.ops.sparse_ssd import executed_flops, sparse_ssd_rulebook  # noq
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 
 PROVIDERS = ("reference", "grouped", "fused")
-MODES = ("fwd", "bwd", "full", "l1")
+MODES = ("fwd", "bwd", "full", "plan", "l1")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,10 @@ def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Ten
     if mode == "l1":
         lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
         return lambda _=None: layer1_loss(disc, features, lf).backward(), None
+
+    if mode == "plan":  # fwd+bwd reusing the label-dependent part built once, untimed (what ssfdan-train does)
+        plan = disc.plan(labels, features.shape[-2:])
+        return lambda _=None: disc(features, plan=plan).logits.square().mean().backward(), None
 
     def forward(_=None):
         return disc(features, labels).logits.square().mean()

@@ -205,7 +205,8 @@ GOOD_L = (2, 8, 12)
     (torch.randn(GOOD_F), torch.zeros(2, 8, 5, dtype=torch.long), ValueError, "at least as large as the features"),
     (torch.ones(GOOD_F, dtype=torch.int64), torch.zeros(GOOD_L, dtype=torch.long), TypeError, "floating-point"),
     (torch.randn(GOOD_F), torch.zeros(GOOD_L), TypeError, "labels must be int64, got torch.float32"),
-    (torch.randn(0, N, 4, 6), torch.zeros(0, 8, 12, dtype=torch.long), ValueError, r"empty batch \(B = 0\)"),
+    (torch.randn(0, N, 4, 6), torch.zeros(0, 8, 12, dtype=torch.long), ValueError,
+     r"every dimension non-zero, got shape \(0, "),
     (torch.randn(GOOD_F, dtype=torch.float64), torch.zeros(GOOD_L, dtype=torch.long), TypeError, "dtype torch.float64"),
     (torch.randn(GOOD_F), torch.zeros(GOOD_L, dtype=torch.long, device="meta"), ValueError, "one device"),
     ([[1.0]], torch.zeros(GOOD_L, dtype=torch.long), TypeError, "features must be a torch.Tensor"),
@@ -293,3 +294,29 @@ def test_fused_under_cpu_autocast_keeps_float64_like_the_reference():
     outputs = _under_cpu_autocast(disc, features, labels)
     assert outputs["fused"].dtype == outputs["reference"].dtype == torch.float64
     assert_close_scaled(outputs["fused"], outputs["reference"], "logits")
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped", "fused"])
+def test_plan_reuse_equals_labels_and_rejects_other_features(backend):
+    torch.manual_seed(0)
+    disc = SeparatedDiscriminator(3, N, CHANNELS, backend=backend)
+    labels = torch.randint(0, 3, (2, 16, 24))
+    features = torch.randn(2, N, 8, 12)
+    plan = disc.plan(labels, features.shape[-2:])
+    assert (plan.rulebook is not None) == (backend == "fused")
+    direct = disc(features, labels)
+    for _ in range(2):  # reused
+        out = disc(features, plan=plan)
+        assert torch.equal(out.labels, direct.labels)
+        torch.testing.assert_close(out.logits, direct.logits)
+    with pytest.raises(ValueError, match=r"plan was built for a batch of 2 feature maps of size \(8, 12\)"):
+        disc(torch.randn(2, N, 4, 6), plan=plan)
+    with pytest.raises(ValueError, match="batch of 2"):
+        disc(torch.randn(1, N, 8, 12), plan=plan)
+    with pytest.raises(ValueError, match="not both"):
+        disc(features, labels, plan=plan)
+    with pytest.raises(TypeError, match="labels .* or a plan"):
+        disc(features)
+    other = SeparatedDiscriminator(4, N, CHANNELS, backend=backend)
+    with pytest.raises(ValueError, match="3 classes"):
+        other(features, plan=plan)

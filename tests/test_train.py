@@ -216,3 +216,20 @@ def test_kept_pixels_are_logged_and_start_at_zero(tmp_path):
     assert all(k > 0 for k in kept[1:])
     train(tiny_config(tmp_path / "none", iterations=1, adaptation="none"))
     assert read_csv(tmp_path / "none" / "train.csv")[0]["kept_pixels"] == "0"
+
+
+def test_each_label_map_gets_one_rulebook_per_iteration(tmp_path, monkeypatch):
+    # The target labels serve the generator's pass and the discriminator's target pass: one rulebook for both,
+    # and one for the source labels.
+    from ssfdan_ext.nn import separated_discriminator as module
+
+    calls = []
+    original = module._rulebook
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_rulebook", counting)
+    train(tiny_config(tmp_path, iterations=3, adaptation="ssd", disc_backend="fused"))
+    assert len(calls) == 2 * 3

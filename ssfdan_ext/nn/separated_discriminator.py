@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
-from .._checks import as_finite_float, check_batch, check_floating, check_labels, check_layer_shapes, check_num_classes
-from .._checks import check_same_device, check_tensor
+from .._checks import as_finite_float, check_batch, check_floating, check_labels, check_layer_shapes, check_nonempty
+from .._checks import check_num_classes, check_same_device, check_size, check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
-from ..ops.sparse_ssd import sparse_ssd_forward
+from ..ops.sparse_ssd import Rulebook, _rulebook, sparse_ssd_forward
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
@@ -24,6 +25,22 @@ def _mode_downsample(labels: Tensor, size: tuple[int, int], num_classes: int) ->
     if has_compiled_ops():
         return compiled_mode_downsample(labels, size, num_classes)
     return reference.mode_downsample(labels, size, num_classes)
+
+
+class SSDPlan(NamedTuple):
+    """The label-dependent part of an SS-D forward (:meth:`SeparatedDiscriminator.plan`), reusable by every forward
+    on features of the same batch, size and device, as torchsparse reuses its kernel maps.
+
+    Shapes: lf (B, h, w) and lo (B, h', w') int64, the labels mode-downsampled to the feature and output sizes;
+    rulebook: the fused backend's explicit pairs (None for the dense backends); feature_size (h, w).
+    """
+
+    lf: Tensor
+    lo: Tensor
+    rulebook: Rulebook | None
+    feature_size: tuple[int, int]
+    num_classes: int
+    strides: tuple[int, ...]
 
 
 class SeparatedDiscriminator(nn.Module):
@@ -101,32 +118,65 @@ class SeparatedDiscriminator(nn.Module):
             return self.backend
         return "fused" if has_compiled_ops() else "reference"
 
-    def forward(self, features: Tensor, labels: Tensor, *,
-                label_maps: tuple[Tensor, Tensor] | None = None) -> DiscriminatorOutput:
+    def plan(self, labels: Tensor, feature_size: Sequence[int], *,
+             label_maps: tuple[Tensor, Tensor] | None = None) -> SSDPlan:
+        """The label-dependent part of a forward, built once and reused by every forward on these labels.
+
+        A training iteration runs the SS-D on the same target labels twice (the generator's pass and the
+        discriminator's target pass): ``plan = disc.plan(labels, feat_t.shape[-2:])`` then ``disc(feat, plan=plan)``
+        downsamples the labels and builds the fused backend's rulebook once instead of at every forward. The plan
+        fits features of this batch, size and device only; another is a ``ValueError``.
+
+        Shapes: labels (B, H, W) int64, feature_size (h, w) with h <= H, w <= W; label_maps as in :meth:`forward`.
+        """
+        check_tensor(labels, "labels", 3, "(B, H, W)")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"labels must be int64, got {labels.dtype}")
+        check_nonempty(labels, "labels", "(B, H, W)")
+        h, w = check_size(feature_size, labels, "feature_size")
+        if label_maps is not None:
+            lf, lo = self._check_label_maps(labels.shape[0], (h, w), labels.device, label_maps)
+        else:
+            check_labels(labels, "labels", self.num_classes)
+            lf = _mode_downsample(labels, (h, w), self.num_classes)
+            lo = _mode_downsample(labels, self.output_size(h, w), self.num_classes)
+        rulebook = None
+        if self.resolve_backend(labels.device) == "fused":
+            rulebook = _rulebook(lf, lo, self.num_classes, self.strides[1:])
+        return SSDPlan(lf, lo, rulebook, (h, w), self.num_classes, self.strides)
+
+    def forward(self, features: Tensor, labels: Tensor | None = None, *,
+                label_maps: tuple[Tensor, Tensor] | None = None, plan: SSDPlan | None = None) -> DiscriminatorOutput:
         """Class-wise domain logits of the feature cells.
 
         ``label_maps``: the feature- and output-resolution mode downsamplings of ``labels``, e.g.
         ``confidence_select(..., out_sizes=((h, w), self.output_size(h, w))).downsampled``; given, they are used
-        instead of downsampling ``labels`` again (the result is the same).
+        instead of downsampling ``labels`` again (the result is the same). ``plan``: what :meth:`plan` prepared for
+        these labels, given instead of ``labels`` and ``label_maps``.
 
         Shapes: features (B, n, h, w), labels (B, H, W), label_maps ((B, h, w), (B, h', w')) int64
         -> logits (B, 1, h', w'), labels (B, h', w').
         """
-        self._check_inputs(features, labels)
-        if label_maps is not None:
-            label_maps = self._check_label_maps(features, label_maps)
+        self._check_features(features)
+        if plan is not None:
+            if labels is not None or label_maps is not None:
+                raise ValueError("give labels (and label_maps) or a plan, not both")
+            self._check_plan(features, plan)
+        else:
+            if labels is None:
+                raise TypeError("forward needs labels (B, H, W) or a plan from SeparatedDiscriminator.plan")
+            self._check_labels(features, labels)
+            plan = self.plan(labels, features.shape[-2:], label_maps=label_maps)
+        lf, lo = plan.lf, plan.lo
         backend = self.resolve_backend(features.device)
+        weights = [conv.weight for conv in self.convs]
+        biases = [conv.bias for conv in self.convs]
         if backend == "reference":
-            weights = [conv.weight for conv in self.convs]
-            biases = [conv.bias for conv in self.convs]
-            return reference.ssd_forward(features, labels, weights, biases, self.strides, self.num_classes,
-                                         self.negative_slope, label_maps=label_maps)
+            return reference.ssd_forward(features, None, weights, biases, self.strides, self.num_classes,
+                                         self.negative_slope, label_maps=(lf, lo))
         B, n, h, w = features.shape
         C = self.num_classes
-        lf, lo = self._label_maps(features, labels, label_maps)
         if backend == "fused":
-            weights = [conv.weight for conv in self.convs]
-            biases = [conv.bias for conv in self.convs]
             if torch.is_autocast_enabled(features.device.type):
                 # Custom autograd ops are not autocast: run them in the dtype autocast would give the convolutions
                 # (autocast leaves float64 tensors as they are).
@@ -134,7 +184,8 @@ class SeparatedDiscriminator(nn.Module):
                 features, *params = (t if t.dtype == torch.float64 else t.to(dtype)
                                      for t in (features, *weights, *biases))
                 weights, biases = params[:5], params[5:]
-            logits = sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, C, self.negative_slope)
+            logits = sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, C, self.negative_slope,
+                                        rulebook=plan.rulebook)
             return DiscriminatorOutput(logits, lo)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1, 1)
         # Separation by selection, not by multiplying with the mask: 0 * NaN is NaN, and a non-finite feature must
@@ -143,26 +194,32 @@ class SeparatedDiscriminator(nn.Module):
         x = torch.where(own, features.unsqueeze(1), features.new_zeros(())).reshape(B, C * n, h, w)
         return self._grouped_layers(x, lo, first=0)
 
-    def _label_maps(self, features: Tensor, labels: Tensor,
-                    label_maps: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
-        if label_maps is not None:
-            return label_maps
-        h, w = features.shape[-2:]
-        return (_mode_downsample(labels, (h, w), self.num_classes),
-                _mode_downsample(labels, self.output_size(h, w), self.num_classes))
+    def _check_plan(self, features: Tensor, plan: object) -> None:
+        if not isinstance(plan, SSDPlan):
+            raise TypeError(f"plan must come from SeparatedDiscriminator.plan, got {type(plan).__name__}")
+        if plan.num_classes != self.num_classes or tuple(plan.strides) != tuple(self.strides):
+            raise ValueError(f"plan was built for {plan.num_classes} classes and strides {plan.strides}, this "
+                             f"discriminator has {self.num_classes} and {self.strides}")
+        B, _, h, w = features.shape
+        built = (plan.lf.shape[0], tuple(plan.feature_size), plan.lf.device)
+        if (B, (h, w), features.device) != built:
+            raise ValueError(f"plan was built for a batch of {built[0]} feature maps of size {built[1]} on "
+                             f"{built[2]}; got features {tuple(features.shape)} on {features.device}: build a plan "
+                             f"for these features")
 
-    def _check_label_maps(self, features: Tensor, label_maps: object) -> tuple[Tensor, Tensor]:
+    def _check_label_maps(self, batch: int, size: tuple[int, int], device: torch.device,
+                          label_maps: object) -> tuple[Tensor, Tensor]:
         if not isinstance(label_maps, (tuple, list)) or len(label_maps) != 2:
             raise TypeError(f"label_maps must be a pair (feature-resolution map, output-resolution map), got "
                             f"{type(label_maps).__name__}")
-        B, _, h, w = features.shape
-        expected = ((B, h, w), (B, *self.output_size(h, w)))
+        expected = ((batch, *size), (batch, *self.output_size(*size)))
         names = ("label_maps[0] (feature resolution)", "label_maps[1] (output resolution)")
         for name, shape, m in zip(names, expected, label_maps):
             check_labels(m, name, self.num_classes)
             if tuple(m.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(m.shape)}")
-            check_same_device(features=features, **{name.split(" ")[0]: m})
+            if m.device != device:
+                raise ValueError(f"all inputs must be on one device, got labels on {device}, {name} on {m.device}")
         return tuple(label_maps)
 
     def _grouped_layers(self, x: Tensor, lo: Tensor, first: int) -> DiscriminatorOutput:
@@ -175,24 +232,26 @@ class SeparatedDiscriminator(nn.Module):
         picked = x.gather(1, torch.where(labelled, lo.unsqueeze(1), 0))
         return DiscriminatorOutput(torch.where(labelled, picked, torch.zeros_like(picked)), lo)
 
-    def _check_inputs(self, features: Tensor, labels: Tensor) -> None:
+    def _check_features(self, features: Tensor) -> None:
         check_tensor(features, "features", 4, "(B, n, h, w)")
-        check_tensor(labels, "labels", 3, "(B, H, W)")
         check_floating(features, "features")
-        if labels.dtype != torch.int64:
-            raise TypeError(f"labels must be int64, got {labels.dtype}")
-        check_batch(features, "features", labels, "labels")
         weight = self.convs[0].weight
-        check_same_device(features=features, labels=labels, discriminator=weight)
+        check_same_device(features=features, discriminator=weight)
         if features.shape[1] != self.in_channels:
             raise ValueError(f"features must have in_channels={self.in_channels} channels, got shape "
                              f"{tuple(features.shape)}")
-        if features.shape[2] < 1 or features.shape[3] < 1:
-            raise ValueError(f"features must have a non-empty spatial size, got shape {tuple(features.shape)}")
-        if labels.shape[1] < features.shape[2] or labels.shape[2] < features.shape[3]:
-            raise ValueError(f"labels (B, H, W) must be at least as large as the features (h, w): got labels "
-                             f"{tuple(labels.shape)} for features {tuple(features.shape)}")
+        check_nonempty(features, "features", "(B, n, h, w)")
         autocast = torch.is_autocast_enabled(features.device.type)
         if features.dtype != weight.dtype and not autocast:
             raise TypeError(f"features dtype {features.dtype} differs from the discriminator's parameters "
                             f"({weight.dtype}); convert one of them with .to()")
+
+    def _check_labels(self, features: Tensor, labels: Tensor) -> None:
+        check_tensor(labels, "labels", 3, "(B, H, W)")
+        if labels.dtype != torch.int64:
+            raise TypeError(f"labels must be int64, got {labels.dtype}")
+        check_batch(features, "features", labels, "labels")
+        check_same_device(features=features, labels=labels)
+        if labels.shape[1] < features.shape[2] or labels.shape[2] < features.shape[3]:
+            raise ValueError(f"labels (B, H, W) must be at least as large as the features (h, w): got labels "
+                             f"{tuple(labels.shape)} for features {tuple(features.shape)}")

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import IGNORE, adversarial_loss, confidence_select, discriminator_loss, mode_downsample
-from ..nn import (GlobalDiscriminator, SeparatedDiscriminator, SoftDiscriminator, labelled_cells,
+from ..nn import (GlobalDiscriminator, SeparatedDiscriminator, SSDPlan, SoftDiscriminator, labelled_cells,
                   soft_adversarial_loss, soft_class_weights, soft_discriminator_loss)
 from ..types import DiscriminatorOutput
 from .config import TrainConfig
@@ -24,7 +24,8 @@ class Masks(NamedTuple):
     Shapes: labels (B, H, W) int64 (kept pseudo labels or ground truth); maps ((B, h, w), (B, h', w')) their
     mode downsamplings to the feature and SS-D output sizes; tau (B, C) CA-R weights of the target or None;
     soft (B, C, h', w') class fractions of the unfiltered prediction, or None; kept (B, C) int64 pixels kept per
-    image and class by the confidence selection, or None.
+    image and class by the confidence selection, or None; plan: the SS-D's label-dependent part (downsampled maps
+    and rulebook), built once per iteration and used by every SS-D pass on this domain, or None.
     """
 
     labels: Tensor | None
@@ -32,6 +33,7 @@ class Masks(NamedTuple):
     tau: Tensor | None
     soft: Tensor | None
     kept: Tensor | None = None
+    plan: SSDPlan | None = None
 
 
 class LossTerm(NamedTuple):
@@ -101,7 +103,11 @@ class Discriminators(nn.Module):
             tau = sel.tau if self.cfg.car else None
         if self.soft is not None:
             soft = soft_class_weights(pred.argmax(1), out, self.num_classes)
-        return Masks(labels, maps, tau, soft, kept), sel_tau
+        return Masks(labels, maps, tau, soft, kept, self._plan(labels, feature_size, maps)), sel_tau
+
+    def _plan(self, labels: Tensor | None, feature_size: tuple[int, int], maps) -> SSDPlan | None:
+        # The generator's pass and the discriminator's pass read the same target labels: one rulebook for both.
+        return None if self.ssd is None else self.ssd.plan(labels, feature_size, label_maps=maps)
 
     @torch.no_grad()
     def source_masks(self, pred: Tensor, ground_truth: Tensor, rho: float, feature_size: tuple[int, int]) -> Masks:
@@ -122,13 +128,18 @@ class Discriminators(nn.Module):
                 labels, maps = sel.labels, tuple(sel.downsampled)
         if self.soft is not None:
             soft = soft_class_weights(ground_truth if use_truth else pred.argmax(1), out, self.num_classes)
-        return Masks(labels, maps, None, soft)
+        return Masks(labels, maps, None, soft, None, self._plan(labels, feature_size, maps))
+
+    def _ssd(self, features: Tensor, masks: Masks) -> DiscriminatorOutput:
+        if masks.plan is not None:
+            return self.ssd(features, plan=masks.plan)
+        return self.ssd(features, masks.labels, label_maps=masks.maps)
 
     def generator_terms(self, feat_t: Tensor, masks_t: Masks) -> list[LossTerm]:
         """Adversarial losses of the target features (each against the source domain label)."""
         terms = []
         if self.ssd is not None:
-            out = self.ssd(feat_t, masks_t.labels, label_maps=masks_t.maps)
+            out = self._ssd(feat_t, masks_t)
             terms.append(LossTerm("ssd", adversarial_loss(out, masks_t.tau), _cells(out.labels)))
         if self.soft is not None:
             terms.append(LossTerm("soft", soft_adversarial_loss(self.soft(feat_t), masks_t.soft),
@@ -148,8 +159,7 @@ class Discriminators(nn.Module):
         """
         terms = []
         if self.ssd is not None:
-            out_s = self.ssd(feat_s, masks_s.labels, label_maps=masks_s.maps)
-            out_t = self.ssd(feat_t, masks_t.labels, label_maps=masks_t.maps)
+            out_s, out_t = self._ssd(feat_s, masks_s), self._ssd(feat_t, masks_t)
             if split:
                 terms += [LossTerm("ssd_s", 0.5 * adversarial_loss(out_s, masks_t.tau), _cells(out_s.labels)),
                           LossTerm("ssd_t", 0.5 * adversarial_loss(_negated(out_t), masks_t.tau),
