@@ -27,6 +27,7 @@ from _harness import (  # noqa: E402
 
 import ssfdan_ext  # noqa: E402
 from ssfdan_ext import reference  # noqa: E402
+from ssfdan_ext.geometry import output_size  # noqa: E402
 
 PROVIDERS = ("naive", "fused")
 MODES = ("select", "select+maps")
@@ -52,7 +53,7 @@ def map_sizes(preset: Preset) -> tuple[tuple[int, int], tuple[int, int]]:
     """The discriminator's feature size (output stride 8, as DeepLab-v2: (H - 1) // 8 + 1) and output size."""
     H, W = preset.size
     h, w = (H - 1) // 8 + 1, (W - 1) // 8 + 1
-    return (h, w), reference.ssd_output_size(h, w, (1, 2, 2, 2, 2))
+    return (h, w), output_size(h, w, (1, 2, 2, 2, 2))
 
 
 def make_logits(preset: Preset, device: torch.device, seed: int = 0) -> torch.Tensor:

@@ -33,6 +33,7 @@ from _harness import (  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
+from ssfdan_ext.geometry import layer_sizes  # noqa: E402
 from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
 from ssfdan_ext.ops.sparse_ssd import executed_flops, sparse_ssd_rulebook  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
@@ -90,9 +91,7 @@ def forward_gflop(disc: SeparatedDiscriminator, features: torch.Tensor, labels: 
     """Forward GFLOPs (2 per multiply-add) of the dense backends and of the fused backend's explicit pairs."""
     C, (h, w) = disc.num_classes, features.shape[-2:]
     widths = (disc.in_channels, *disc.channels, 1)
-    sizes = [(h, w)]
-    for s in disc.strides[1:]:
-        sizes.append(((sizes[-1][0] - 1) // s + 1, (sizes[-1][1] - 1) // s + 1))
+    sizes = layer_sizes(h, w, disc.strides)
     B = features.shape[0]
     dense = 2 * C * B * h * w * widths[0] * widths[1]
     dense += sum(2 * C * B * a * b * 9 * widths[l] * widths[l + 1] for l, (a, b) in enumerate(sizes[1:], start=1))

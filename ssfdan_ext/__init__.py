@@ -7,7 +7,7 @@ from ._ext import build_info, has_cuda_kernels
 from .losses import adversarial_loss, discriminator_loss, domain_loss
 from .nn import SeparatedDiscriminator, WithFeatures
 from .ops import confidence_select, mode_downsample
-from .reference import rho_schedule
+from .schedule import rho_schedule
 from .types import IGNORE, DiscriminatorOutput, Selection
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
 """Loading of the compiled extension ssfdan_ext._C and reports of what it contains."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -48,3 +49,27 @@ def require_compiled(what: str) -> None:
             f"{what} needs the compiled extension ssfdan_ext._C, which did not load ({_LOAD_ERROR}). "
             "Build it against the installed torch: `pip install --no-build-isolation .` from the source tree."
         )
+
+
+_FALLBACK_WARNED: set[str] = set()
+
+
+def use_reference(op: str, device: torch.device) -> bool:
+    """The package's one fallback policy: True when ``op`` has no compiled kernel for ``device`` (the extension did
+    not load, it was built without CUDA kernels and the input is on a GPU, or the device is neither CPU nor CUDA).
+    The op then runs its plain-PyTorch definition from :mod:`ssfdan_ext.reference` (the same results, slower),
+    and the first time this happens for ``op`` a ``RuntimeWarning`` says why. Ops without a reference definition
+    raise instead (:func:`require_compiled`).
+    """
+    if device.type == "cpu" and _C is not None:
+        return False
+    if device.type == "cuda" and _C is not None and has_cuda_kernels():
+        return False
+    if op not in _FALLBACK_WARNED:
+        _FALLBACK_WARNED.add(op)
+        why = (f"the compiled extension did not load ({_LOAD_ERROR})" if _C is None
+               else f"the extension has no kernels for {device.type} tensors")
+        warnings.warn(f"{op}: {why}; running the plain-PyTorch reference instead (same results, slower). "
+                      "Rebuild with `pip install --no-build-isolation .` for the compiled kernels.", RuntimeWarning,
+                      stacklevel=3)
+    return True

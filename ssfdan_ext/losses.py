@@ -1,11 +1,12 @@
 """Adversarial losses of SSF-DAN with CA-R weighting (SPEC sections 4 and 5)."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from . import reference
 from ._checks import MAX_CLASSES, check_floating, check_labels, check_nonempty, check_same_device, check_tensor
-from .types import DiscriminatorOutput
+from .types import IGNORE, DiscriminatorOutput
 
 
 def _check_output(output: object, name: str) -> DiscriminatorOutput:
@@ -34,6 +35,21 @@ def _check_labels_and_tau(output: DiscriminatorOutput, name: str, tau: Tensor | 
     check_labels(output.labels, f"{name}.labels", tau.shape[1] if tau is not None else MAX_CLASSES)
 
 
+def _weighted_bce(output: DiscriminatorOutput, target: float, tau: Tensor | None) -> Tensor:
+    """sum over labelled cells of R * BCE(logit, target) / max(1, #labelled cells), R = tau of the cell's class
+    (1 without tau): the weighted BCE of paper eqs. 4-5 with CA-R (docs: semantics, losses)."""
+    logits, labels = output.logits.squeeze(1), output.labels
+    labelled = labels != IGNORE
+    if tau is None:
+        weights = labelled.to(logits.dtype)
+    else:
+        picked = tau.to(logits.dtype).gather(1, labels.masked_fill(~labelled, 0).flatten(1)).view_as(labels)
+        weights = picked * labelled
+    total = F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), weight=weights,
+                                               reduction="sum")
+    return total / labelled.sum().clamp(min=1)
+
+
 def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = None) -> Tensor:
     """Generator loss on target features: weighted BCE of the SS-D logits against the source label 0.
 
@@ -44,7 +60,7 @@ def adversarial_loss(target_output: DiscriminatorOutput, tau: Tensor | None = No
     """
     target_output = _check_output(target_output, "target_output")
     _check_labels_and_tau(target_output, "target_output", tau)
-    return reference.adversarial_loss(target_output, tau)
+    return _weighted_bce(target_output, 0.0, tau)
 
 
 def discriminator_loss(source_output: DiscriminatorOutput, target_output: DiscriminatorOutput,
@@ -63,7 +79,7 @@ def discriminator_loss(source_output: DiscriminatorOutput, target_output: Discri
     check_same_device(source_output=source_output.logits, target_output=target_output.logits)
     _check_labels_and_tau(source_output, "source_output", tau)
     _check_labels_and_tau(target_output, "target_output", tau)
-    return reference.discriminator_loss(source_output, target_output, tau)
+    return 0.5 * (_weighted_bce(source_output, 0.0, tau) + _weighted_bce(target_output, 1.0, tau))
 
 
 def domain_loss(output: DiscriminatorOutput, domain: int, tau: Tensor | None = None) -> Tensor:
@@ -81,4 +97,4 @@ def domain_loss(output: DiscriminatorOutput, domain: int, tau: Tensor | None = N
     if isinstance(domain, bool) or domain not in (0, 1):
         raise ValueError(f"domain must be 0 (source) or 1 (target), got {domain!r}")
     _check_labels_and_tau(output, "output", tau)
-    return reference.domain_loss(output, int(domain), tau)
+    return 0.5 * _weighted_bce(output, float(domain), tau)

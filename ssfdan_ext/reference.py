@@ -12,32 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import as_finite_float, check_finite, check_floating, check_labels, check_nonempty, check_num_classes
+from ._checks import check_finite, check_floating, check_labels, check_nonempty, check_num_classes
 from ._checks import check_rho, check_size, check_tensor
+from .geometry import PADDINGS, output_size
 from .types import IGNORE, DiscriminatorOutput, Selection
 
-KERNELS = (1, 3, 3, 3, 3)
-PADDINGS = (0, 1, 1, 1, 1)
 
 
 # --- SPEC section 1: progressive confidence selection -------------------------------------------------------
-
-def rho_schedule(iteration: int, total_iters: int, rho_upper: float = 0.8) -> float:
-    """Eq. 7: the kept fraction grows linearly with training, capped at ``rho_upper``.
-
-    ``rho_schedule(0, N)`` is 0: in the paper's schedule the first iteration keeps no pixel, so the adversarial
-    and discriminator losses are exactly 0 there, and they stay small for the first iterations (one pixel per
-    class and image once ``rho * N_c >= 1``).
-    """
-    iteration = as_finite_float(iteration, "iteration")
-    total_iters = as_finite_float(total_iters, "total_iters")
-    if total_iters <= 0:
-        raise ValueError(f"total_iters must be positive, got {total_iters:g}")
-    if iteration < 0:
-        raise ValueError(f"iteration must be non-negative, got {iteration:g}")
-    rho_upper = check_rho(rho_upper, "rho_upper")
-    return min(iteration / total_iters, rho_upper)
-
 
 def softmax_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel (confidence, label): the max and argmax of the softmax over classes.
@@ -148,17 +130,6 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
 
 # --- SPEC section 3: the Semantic-wise Separable Discriminator ------------------------------------------------
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
-def ssd_output_size(h: int, w: int, strides: Sequence[int]) -> tuple[int, int]:
-    """(h', w') after the five SS-D layers."""
-    for k, s, p in zip(KERNELS, strides, PADDINGS):
-        h, w = conv_output_size(h, k, s, p), conv_output_size(w, k, s, p)
-    return h, w
-
-
 def ssd_forward(
     features: Tensor,
     labels: Tensor,
@@ -179,7 +150,7 @@ def ssd_forward(
     C = num_classes
     h, w = features.shape[-2:]
     if label_maps is None:
-        label_maps = (mode_downsample(labels, (h, w), C), mode_downsample(labels, ssd_output_size(h, w, strides), C))
+        label_maps = (mode_downsample(labels, (h, w), C), mode_downsample(labels, output_size(h, w, strides), C))
     lf, lo = label_maps
     logits = None
     for c in range(C):
@@ -202,11 +173,12 @@ def car_weights(tau: Tensor | None, labels: Tensor) -> Tensor:
 
     Shapes: tau (B, C) or None, labels (B, h', w') -> (B, h', w') float32.
     """
-    labelled = labels != IGNORE
+    weights = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
     if tau is None:
-        return labelled.float()
-    picked = tau.float().gather(1, torch.where(labelled, labels, 0).flatten(1)).view_as(labels)
-    return torch.where(labelled, picked, torch.zeros_like(picked))
+        return torch.where(labels != IGNORE, 1.0, weights)
+    for c in range(tau.shape[1]):
+        weights = torch.where(labels == c, tau[:, c].float().view(-1, 1, 1), weights)
+    return weights
 
 
 def weighted_bce(output: DiscriminatorOutput, target: float, weights: Tensor) -> Tensor:

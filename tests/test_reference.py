@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from ssfdan_ext import IGNORE, DiscriminatorOutput, SeparatedDiscriminator, reference
+from ssfdan_ext import IGNORE, DiscriminatorOutput, SeparatedDiscriminator, reference, rho_schedule
+from ssfdan_ext.geometry import output_size
 
 
 def test_mode_downsample_by_hand():
@@ -132,19 +133,19 @@ def test_all_ignore_loss_divides_by_one():
 
 @pytest.mark.parametrize("it,total,expected", [(0, 100, 0.0), (50, 100, 0.5), (80, 100, 0.8), (99, 100, 0.8)])
 def test_rho_schedule(it, total, expected):
-    assert reference.rho_schedule(it, total) == pytest.approx(expected)
+    assert rho_schedule(it, total) == pytest.approx(expected)
 
 
 def test_rho_schedule_rejects_bad_arguments():
     with pytest.raises(ValueError, match="total_iters"):
-        reference.rho_schedule(1, 0)
+        rho_schedule(1, 0)
     with pytest.raises(ValueError, match="iteration"):
-        reference.rho_schedule(-1, 10)
+        rho_schedule(-1, 10)
     with pytest.raises(ValueError, match="rho"):
-        reference.rho_schedule(1, 10, rho_upper=1.5)
+        rho_schedule(1, 10, rho_upper=1.5)
 
 
 def test_output_size_follows_conv_arithmetic():
     # 65 -> 65 (1x1) -> 33 -> 17 -> 9 -> 5 and 129 -> 65 -> 33 -> 17 -> 9.
-    assert reference.ssd_output_size(65, 129, (1, 2, 2, 2, 2)) == (5, 9)
-    assert reference.ssd_output_size(7, 1, (1, 2, 1, 2, 1)) == (2, 1)
+    assert output_size(65, 129, (1, 2, 2, 2, 2)) == (5, 9)
+    assert output_size(7, 1, (1, 2, 1, 2, 1)) == (2, 1)

@@ -10,6 +10,7 @@ from conftest import DEVICES, assert_close_scaled
 from test_ssd import _compare_backends, _labels
 
 from ssfdan_ext import IGNORE, SeparatedDiscriminator, mode_downsample, reference
+from ssfdan_ext.geometry import output_size
 from ssfdan_ext.ops.sparse_ssd import class_constants, executed_flops, sparse_conv3x3, sparse_ssd_rulebook
 
 TAPS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
@@ -70,7 +71,7 @@ def _expected_rulebook(lf, lo, C, strides):
 
 
 def _maps(labels, C, h, w, strides):
-    disc_size = reference.ssd_output_size(h, w, strides)
+    disc_size = output_size(h, w, strides)
     return mode_downsample(labels, (h, w), C), mode_downsample(labels, disc_size, C)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import reference
+from ..geometry import KERNELS, PADDINGS, output_size
 from .._checks import as_finite_float, check_floating, check_labels, check_layer_shapes, check_num_classes, check_tensor
 from ..types import IGNORE, DiscriminatorOutput
 
@@ -47,11 +47,11 @@ class GlobalDiscriminator(nn.Module):
         self.negative_slope = as_finite_float(negative_slope, "negative_slope")
         self.convs = nn.ModuleList(
             nn.Conv2d(cin, cout, k, stride=s, padding=p)
-            for cin, cout, k, s, p in zip(widths[:-1], widths[1:], reference.KERNELS, strides, reference.PADDINGS))
+            for cin, cout, k, s, p in zip(widths[:-1], widths[1:], KERNELS, strides, PADDINGS))
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """(h', w'): the logit map size for an (h, w) feature map."""
-        return reference.ssd_output_size(h, w, self.strides)
+        return output_size(h, w, self.strides)
 
     def forward(self, features: Tensor) -> DiscriminatorOutput:
         """Domain logits of every output cell.
@@ -86,13 +86,13 @@ class SoftDiscriminator(nn.Module):
         C = self.num_classes
         layers = [nn.Conv2d(widths[0], C * widths[1], 1)]
         layers += [nn.Conv2d(C * cin, C * cout, k, stride=s, padding=p, groups=C)
-                   for cin, cout, k, s, p in zip(widths[1:-1], widths[2:], reference.KERNELS[1:], strides[1:],
-                                                 reference.PADDINGS[1:])]
+                   for cin, cout, k, s, p in zip(widths[1:-1], widths[2:], KERNELS[1:], strides[1:],
+                                                 PADDINGS[1:])]
         self.convs = nn.ModuleList(layers)
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """(h', w'): the logit map size for an (h, w) feature map."""
-        return reference.ssd_output_size(h, w, self.strides)
+        return output_size(h, w, self.strides)
 
     def forward(self, features: Tensor) -> Tensor:
         """Per-class domain logits of every output cell.

@@ -9,22 +9,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import reference
+from ..geometry import KERNELS, PADDINGS, output_size
 from .._checks import as_finite_float, check_batch, check_floating, check_labels, check_layer_shapes, check_nonempty
 from .._checks import check_num_classes, check_same_device, check_size, check_tensor
 from .._ext import has_compiled_ops
-from ..ops.mode_downsample import mode_downsample as compiled_mode_downsample
+from ..ops.mode_downsample import mode_downsample
 from ..ops.sparse_ssd import Rulebook, _rulebook, sparse_ssd_forward
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
 # "auto" runs the fused backend whenever the extension is compiled: it computes only the (class, cell) pairs that
 # can reach a labelled output cell, a fraction of the dense backends' work (benchmarks/bench_ssd.py).
-
-
-def _mode_downsample(labels: Tensor, size: tuple[int, int], num_classes: int) -> Tensor:
-    if has_compiled_ops():
-        return compiled_mode_downsample(labels, size, num_classes)
-    return reference.mode_downsample(labels, size, num_classes)
 
 
 class SSDPlan(NamedTuple):
@@ -90,7 +85,7 @@ class SeparatedDiscriminator(nn.Module):
         C = self.num_classes
         self.convs = nn.ModuleList(
             nn.Conv2d(C * cin, C * cout, k, stride=s, padding=p, groups=C)
-            for cin, cout, k, s, p in zip(widths[:-1], widths[1:], reference.KERNELS, strides, reference.PADDINGS)
+            for cin, cout, k, s, p in zip(widths[:-1], widths[1:], KERNELS, strides, PADDINGS)
         )
         self.backend = backend
 
@@ -110,7 +105,7 @@ class SeparatedDiscriminator(nn.Module):
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         """(h', w'): the logit map size for an (h, w) feature map."""
-        return reference.ssd_output_size(h, w, self.strides)
+        return output_size(h, w, self.strides)
 
     def resolve_backend(self, device: torch.device) -> str:
         """The backend a forward on ``device`` uses."""
@@ -136,10 +131,9 @@ class SeparatedDiscriminator(nn.Module):
         h, w = check_size(feature_size, labels, "feature_size")
         if label_maps is not None:
             lf, lo = self._check_label_maps(labels.shape[0], (h, w), labels.device, label_maps)
-        else:
-            check_labels(labels, "labels", self.num_classes)
-            lf = _mode_downsample(labels, (h, w), self.num_classes)
-            lo = _mode_downsample(labels, self.output_size(h, w), self.num_classes)
+        else:  # mode_downsample validates the label values as it reads them
+            lf = mode_downsample(labels, (h, w), self.num_classes)
+            lo = mode_downsample(labels, self.output_size(h, w), self.num_classes)
         rulebook = None
         if self.resolve_backend(labels.device) == "fused":
             rulebook = _rulebook(lf, lo, self.num_classes, self.strides[1:])

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import reference
 from .._checks import check_floating, check_nonempty, check_num_classes, check_rho, check_size, check_tensor
-from .._ext import has_compiled_ops, has_cuda_kernels
+from .._ext import has_compiled_ops, use_reference
 from ..types import Selection
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -54,8 +54,7 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
     logits = logits.detach()
     if logits.dtype not in _KERNEL_DTYPES:
         logits = logits.float()  # float64 beyond float32's range becomes inf and is rejected, as in the reference
-    if not has_compiled_ops() or (logits.is_cuda and not has_cuda_kernels()) or logits.device.type not in (
-            "cpu", "cuda"):
+    if use_reference("confidence_select", logits.device):
         return reference.confidence_select(logits, rho, out_sizes=sizes)
     flat = [v for size in sizes for v in size]
     labels, confidence, counts, conf_sums, tau, _thr, downsampled = torch.ops.ssfdan_ext.confidence_select(

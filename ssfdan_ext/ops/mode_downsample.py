@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_nonempty, check_num_classes, check_size, check_tensor
-from .._ext import build_info, has_compiled_ops, has_cuda_kernels, require_compiled
+from .._ext import has_compiled_ops, use_reference
 
 
 def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
@@ -24,7 +24,9 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
         TypeError: labels is not an int64 tensor, or size is not a pair of ints.
         ValueError: wrong rank, an empty map (B, H or W = 0), size out of range, num_classes outside [1, 255], or a label outside
             [0, num_classes) ∪ {255}.
-        RuntimeError: the compiled extension (or its CUDA kernels, for CUDA labels) is missing.
+
+    Without a compiled kernel for the labels' device this runs :func:`ssfdan_ext.reference.mode_downsample`
+    (the same result; see :func:`ssfdan_ext._ext.use_reference`).
     """
     labels = check_tensor(labels, "labels", 3, "(B, H, W)")
     if labels.dtype != torch.int64:
@@ -32,10 +34,10 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     num_classes = check_num_classes(num_classes)
     check_nonempty(labels, "labels", "(B, H, W)")
     h, w = check_size(size, labels)
-    require_compiled("mode_downsample")
-    if labels.is_cuda and not has_cuda_kernels():
-        raise RuntimeError("mode_downsample got CUDA labels, but ssfdan_ext was built without its CUDA kernels "
-                           f"({build_info()}); rebuild with nvcc available (SSFDAN_FORCE_CUDA=1 says why not)")
+    if use_reference("mode_downsample", labels.device):
+        from .. import reference  # the documented fallback (ssfdan_ext._ext.use_reference)
+
+        return reference.mode_downsample(labels, (h, w), num_classes)
     # The kernels validate the label values while they read them (no extra pass, no extra host sync).
     return torch.ops.ssfdan_ext.mode_downsample(labels, h, w, num_classes)
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .. import IGNORE, adversarial_loss, confidence_select, discriminator_loss, mode_downsample
 from ..nn import (GlobalDiscriminator, SeparatedDiscriminator, SSDPlan, SoftDiscriminator, labelled_cells,
                   soft_adversarial_loss, soft_class_weights, soft_discriminator_loss)
+from ..geometry import output_size
 from ..types import DiscriminatorOutput
 from .config import TrainConfig
 
@@ -82,9 +83,7 @@ class Discriminators(nn.Module):
         return any(d is not None for d in (self.ssd, self.soft, self.glob))
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
-        from ..reference import ssd_output_size
-
-        return ssd_output_size(h, w, tuple(self.cfg.disc_strides))
+        return output_size(h, w, tuple(self.cfg.disc_strides))
 
     @torch.no_grad()
     def target_masks(self, pred: Tensor, rho: float, feature_size: tuple[int, int]) -> tuple[Masks, Tensor]:
