@@ -10,15 +10,20 @@ the target forward, ``confidence_select`` on both predictions, the generator's a
 discriminator's source and target passes and backward, and both optimiser steps. The data loaders are replaced by
 one generated batch per domain (the synthetic scenes at the preset's sizes, already on the device), so data
 loading is not timed. Iterations run with rho at its upper bound (0.8), the steady state of the progressive
-schedule.
+schedule. The networks are untrained, so two stand-ins keep their values like a trained run's (the work timed is
+the same): frozen batch-norm statistics measured on the source batch (ImageNet weights' role), and by default
+(``--labels street``) a constant added to the segmenter's logits that makes its predictions the scenes' label
+layouts (an untrained segmenter predicts one or two classes, and the discriminators' work depends on the layout).
 
 Columns: ``ms_per_iter`` (median over ``--repeats`` after ``--warmup``), ``x_none`` (relative to
 ``adaptation=none`` in the same run and precision), ``disc_share`` (the discriminator's three passes, forward and
 backward, as a fraction of the iteration) and ``disc_share_opt`` (the same plus its Adam step), both from one
 ``torch.profiler`` trace of an extra iteration: the passes are ``record_function`` ranges opened by module hooks,
 their backward the autograd nodes they created (matched by sequence number), the optimiser step PyTorch's own
-``Optimizer.step#Adam.step`` range. On the CPU the times are the ranges' wall times and the fraction is of the
-profiled iteration; on a GPU they are kernel times and the fraction is of all the iteration's kernel time.
+``Optimizer.step#Adam.step`` range (median over ``--profiled`` iterations). On the CPU the times are the ranges'
+wall times and the fraction is of the profiled iteration; on a GPU they are kernel times and the fraction is of
+all the iteration's kernel time. ``load_avg`` is the machine's 1-minute load when the row finished (timings on a
+shared machine move with it).
 ``peak_mb``: CUDA ``max_memory_allocated`` above the level before the first iteration, or on the CPU the growth
 of the process's peak RSS (one interpreter per row). float32 runs keep PyTorch's default TF32 settings.
 """
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -50,8 +56,9 @@ from ssfdan_ext.train.loop import Trainer  # noqa: E402
 ROWS = ("none", "global", "ssd-reference", "ssd-grouped", "ssd-fused")
 AMPS = ("off", "bf16")
 _PAPER_DISC = {"disc_channels": [1024, 512, 256, 128], "disc_strides": [1, 2, 2, 2, 2]}
+# lr: the untrained ResNet would diverge within a few steps at the paper's 2.5e-4 (the timed work is the same).
 _DEEPLAB = {"model": "deeplabv2_resnet101", "model_kwargs": {}, "num_classes": 19, "batch_size": 1,
-            "lr": 2.5e-4, "head_lr_mult": 10.0, "threads": 0, **_PAPER_DISC}
+            "lr": 1e-7, "head_lr_mult": 10.0, "threads": 0, **_PAPER_DISC}
 PRESETS = {
     # configs/synthetic.yaml as it is: the small segmenter, 32x64 scenes, batch 4, 13 classes, SS-D 64-32-32-16
     "cpu": {},
@@ -81,26 +88,51 @@ def build_trainer(preset: str, row: str, amp: str, device: str, threads: int, ou
     cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     cfg.synthetic_length = cfg.batch_size  # render one batch per domain
     trainer = Trainer(cfg)
-    priors: dict[int, Tensor] = {}
 
-    def fixed(dataset):
+    def batch(dataset):
         items = [dataset[i] for i in range(cfg.batch_size)]
-        images = torch.stack([item[0] for item in items]).to(trainer.device)
-        targets = torch.stack([item[1] for item in items]).to(trainer.device)
-        if labels == "street":
-            priors[id(images)] = _prior(trainer.model, images, targets, cfg.num_classes)
-        return itertools.repeat((images, targets, [item[2] for item in items]))
+        return (torch.stack([item[0] for item in items]).to(trainer.device),
+                torch.stack([item[1] for item in items]).to(trainer.device), [item[2] for item in items])
 
-    trainer.source_iter = fixed(trainer.source)
+    batches = [batch(trainer.source)] + ([batch(trainer.target)] if trainer.target_iter is not None else [])
+    _calibrate_frozen_statistics(trainer.model, batches[0][0])
+    trainer.source_iter = itertools.repeat(batches[0])
     if trainer.target_iter is not None:
-        trainer.target_iter = fixed(trainer.target)
-    if priors:
+        trainer.target_iter = itertools.repeat(batches[1])
+    if labels == "street":
+        priors = {id(images): _prior(trainer.model, images, targets, cfg.num_classes)
+                  for images, targets, _ in batches}
+
         def add_prior(module, args, output):
             prior = priors.get(id(args[0]))
             return output if prior is None else (output[0] + prior.to(output[0].dtype), *output[1:])
 
         trainer.model.register_forward_hook(add_prior)
     return trainer
+
+
+@torch.no_grad()
+def _calibrate_frozen_statistics(model: torch.nn.Module, images: Tensor) -> None:
+    """Set each frozen batch norm's statistics to those of its input on ``images``, layer after layer.
+
+    Without ImageNet weights a ResNet's frozen batch norms are identities and its activations grow through the
+    residual blocks until the first SGD step overflows; statistics measured on the data keep every activation
+    normalised, as pretrained weights do. The computation timed is the same.
+    """
+    def measure(module, args):
+        x = args[0].float()
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3), unbiased=False))
+
+    frozen = [m for m in model.modules() if hasattr(m, "running_var")
+              and not isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]  # trained batch norms renormalise
+    handles = [m.register_forward_pre_hook(measure) for m in frozen]
+    try:
+        if frozen:
+            model(images)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -148,7 +180,7 @@ class DiscriminatorRanges:
 
 
 def discriminator_share(trainer: Trainer, it: int) -> tuple[float, float, int]:
-    """(passes share, passes + optimiser share, passes seen) of one profiled iteration."""
+    """(passes share, passes + optimiser share, passes seen) of the profiled iteration ``it``."""
     modules = [m for m in (trainer.discs.ssd, trainer.discs.soft, trainer.discs.glob) if m is not None]
     if not modules:
         return 0.0, 0.0, 0
@@ -177,7 +209,10 @@ def discriminator_share(trainer: Trainer, it: int) -> tuple[float, float, int]:
 
 
 def measure(preset: str, row: str, amp: str, device: torch.device, repeats: int, warmup: int,
-            threads: int, labels: str = "street") -> dict:
+            threads: int, labels: str = "street", profiled: int = 3) -> dict:
+    # PyTorch's defaults, recorded: TF32 rounds float32 convolutions (cuDNN) and matmuls on Ampere and newer GPUs.
+    tf32 = (f"cudnn={int(torch.backends.cudnn.allow_tf32)},"
+            f"matmul={int(torch.backends.cuda.matmul.allow_tf32)}")
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = build_trainer(preset, row, amp, device.type, threads, out_dir, labels)
         try:
@@ -191,7 +226,10 @@ def measure(preset: str, row: str, amp: str, device: torch.device, repeats: int,
                     synchronize(device)
                     if i >= warmup:
                         times.append((time.perf_counter() - start) * 1e3)
-            share, share_opt, passes = discriminator_share(trainer, it + warmup + repeats)
+            # The median share over a few profiled iterations (a shared machine's noise moves single ones).
+            shares = [discriminator_share(trainer, it + warmup + repeats + i) for i in range(max(1, profiled))]
+            share, share_opt = (statistics.median(p[k] for p in shares) for k in range(2))
+            passes = shares[0][2]
             classes = _target_classes(trainer)
             threads = torch.get_num_threads()
         finally:
@@ -200,7 +238,8 @@ def measure(preset: str, row: str, amp: str, device: torch.device, repeats: int,
             "ms_per_iter": round(statistics.median(times), 2),
             "disc_share": round(share, 4), "disc_share_opt": round(share_opt, 4), "disc_passes": passes,
             "peak_mb": round(peak.mb, 1), "labels": labels, "target_classes": classes, "repeats": repeats,
-            "warmup": warmup, "threads": threads, "torch": torch.__version__}
+            "warmup": warmup, "profiled": max(1, profiled), "threads": threads,
+            "load_avg": round(os.getloadavg()[0], 2), "tf32": tf32, "torch": torch.__version__}
 
 
 @torch.no_grad()
@@ -220,6 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the preset's setting)")
+    parser.add_argument("--profiled", type=int, default=3, help="profiled iterations (the median share is reported)")
     parser.add_argument("--labels", choices=("street", "model"), default="street",
                         help="street: predictions laid out like the scene's labels (a trained segmenter); model: "
                         "the untrained segmenter's own")
@@ -234,14 +274,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows_wanted = args.rows or (["none", "global", "ssd-fused"] if args.preset == "cpu-paperwidth" else list(ROWS))
     if args.worker:
         row = measure(args.preset, rows_wanted[0], args.amp[0], device, args.repeats, args.warmup, args.threads,
-                      args.labels)
+                      args.labels, args.profiled)
         print(json.dumps(row))
         return [row]
     print(f"training iteration benchmark, preset {args.preset} {PRESETS[args.preset] or '(configs/synthetic.yaml)'}"
           f", device {device}, median of {args.repeats} (after {args.warmup} warm-up)", flush=True)
     rows = []
     common = ["--preset", args.preset, "--device", args.device, "--repeats", str(args.repeats), "--warmup",
-              str(args.warmup), "--threads", str(args.threads), "--labels", args.labels]
+              str(args.warmup), "--threads", str(args.threads), "--labels", args.labels, "--profiled",
+              str(args.profiled)]
     for amp in args.amp:
         for name in rows_wanted:
             row = run_worker(Path(__file__), [*common, "--rows", name, "--amp", amp])
@@ -258,9 +299,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     stem = f"bench_iteration_{args.preset}_{device.type}" + ("" if args.labels == "street" else "_model_labels")
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, args.out / f"{stem}.csv")
-    plotted = plot_bars(rows, args.out / f"{stem}.png", f"training iteration, {args.preset} ({device.type})",
-                        group="row", series="amp", value="ms_per_iter")
-    print(f"\nwrote {args.out / (stem + '.csv')}" + (f" and {stem}.png" if plotted else " (no matplotlib: no plot)"))
+    title = f"training iteration, {args.preset} ({device.type})"
+    plotted = plot_bars(rows, args.out / f"{stem}.png", title, group="row", series="amp", value="ms_per_iter")
+    plot_bars(rows, args.out / f"{stem}_share.png", f"discriminator + Adam share, {args.preset} ({device.type})",
+              group="row", series="amp", value="disc_share_opt")
+    print(f"\nwrote {args.out / (stem + '.csv')}" + (f", {stem}.png and {stem}_share.png" if plotted else
+                                                    " (no matplotlib: no plot)"))
     return rows
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops, reference
+from ._ext import has_cuda_kernels, require_compiled
 from .nn import SeparatedDiscriminator
 from .testing import checkerboard_labels
 from .types import IGNORE
@@ -125,6 +126,11 @@ def _leaves(tensors, dtype: torch.dtype, device: str | torch.device) -> list[Ten
 # --- one check per op ------------------------------------------------------------------------------------------
 
 def check_confidence_select(device: str, dtype: torch.dtype, impl: str | None, gen: torch.Generator) -> Comparison:
+    # Without its kernel the op runs the reference itself: a comparison would pass without checking anything.
+    require_compiled("confidence_select")
+    if device == "cuda" and not has_cuda_kernels():
+        raise RuntimeError("ssfdan_ext was built without its CUDA kernels: confidence_select falls back to the "
+                           "reference on CUDA tensors")
     cmp = Comparison()
     for kind in KINDS:
         logits = (_values("random", (2, 5, 9, 13), gen, 3.0) if kind == "random" else

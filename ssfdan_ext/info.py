@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import re
 import sys
 from collections.abc import Iterator
 
@@ -34,6 +35,7 @@ def _tf32_flags() -> dict[str, bool]:
 
 
 def available_devices() -> list[str]:
+    """The device types this process can check: cpu, and cuda when a GPU is visible."""
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -74,7 +76,8 @@ def report_lines() -> list[str]:
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
         props = torch.cuda.get_device_properties(i)
         arch = f"{props.major}.{props.minor}"
-        covered = info["compiled"] and info["cuda"] and arch in info["cuda_archs"].replace("+PTX", "").split(";")
+        archs = re.split(r"[;,\s]+", info["cuda_archs"].replace("+PTX", "")) if info["cuda"] else []
+        covered = arch in archs
         lines.append(f"  cuda:{i}   {props.name}, sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB"
                      + ("" if covered or not info["cuda"] else f" (no sm_{props.major}{props.minor} code in the "
                         "build: PTX JIT or failure)"))
@@ -116,6 +119,7 @@ def check(devices: list[str], seed: int, only: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (0, 1 when a check failed, 2 on a bad option)."""
     parser = argparse.ArgumentParser(prog="python -m ssfdan_ext.info", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="run every op against the reference")

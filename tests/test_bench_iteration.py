@@ -29,13 +29,15 @@ def test_cpu_preset_writes_every_row_and_column(tmp_path, capsys):
     bench = _module()
     rows = ["none", "global", "ssd-fused"]
     bench.main(["--preset", "cpu", "--device", "cpu", "--rows", *rows, "--amp", "off", "bf16", "--repeats", "1",
-                "--warmup", "0", "--out", str(tmp_path)])
+                "--warmup", "0", "--profiled", "1", "--out", str(tmp_path)])
     with open(tmp_path / "bench_iteration_cpu_cpu.csv") as f:
         table = list(csv.DictReader(f))
-    assert (tmp_path / "bench_iteration_cpu_cpu.png").exists()
+    for plot in ("bench_iteration_cpu_cpu.png", "bench_iteration_cpu_cpu_share.png"):
+        assert (tmp_path / plot).exists(), plot
     assert [(r["amp"], r["row"]) for r in table] == [(a, r) for a in ("off", "bf16") for r in rows]
     for column in ("preset", "device", "amp", "row", "ms_per_iter", "x_none", "disc_share", "disc_share_opt",
-                   "disc_passes", "peak_mb", "target_classes", "repeats", "warmup", "threads", "torch"):
+                   "disc_passes", "peak_mb", "labels", "target_classes", "repeats", "warmup", "profiled", "threads",
+                   "load_avg", "tf32", "torch"):
         assert column in table[0], column
     for r in table:
         assert float(r["ms_per_iter"]) > 0 and float(r["peak_mb"]) >= 0
