@@ -97,7 +97,7 @@ def float32_arithmetic() -> Iterator[None]:
 
 def _format(row) -> str:
     err = "" if row.error is None else f"{row.error:.2e}"
-    tol = "" if row.tol is None else f"{row.tol:.0e}" if row.tol else "0 (exact)"
+    tol = "" if row.tol is None else f"{row.tol:.1e}" if row.tol else "0 (exact)"
     return f"{row.op:<31} {row.device:<5} {row.dtype:<9} {row.status:<5} {err:>9} {tol:>10}  {row.detail}"
 
 
