@@ -164,7 +164,8 @@ class DiscriminatorRanges:
     def _post(self, module, args, output) -> None:
         self._open.pop().__exit__(None, None, None)
         self.passes += 1
-        stack = [output.logits.grad_fn]
+        logits = output.logits if hasattr(output, "logits") else output  # the soft discriminator's is a tensor
+        stack = [logits.grad_fn]
         while stack:
             node = stack.pop()
             if node is None or "AccumulateGrad" in node.name() or node._sequence_nr() <= self._floor:
