@@ -15,6 +15,19 @@
 #define SSFDAN_CUDA_ARCHS ""
 #endif
 
+// The host compiler of this build (clang defines __GNUC__ too, so it is tested first).
+#define SSFDAN_STR_(x) #x
+#define SSFDAN_STR(x) SSFDAN_STR_(x)
+#if defined(__clang__)
+#define SSFDAN_COMPILER "clang " __clang_version__
+#elif defined(__GNUC__)
+#define SSFDAN_COMPILER "gcc " __VERSION__
+#elif defined(_MSC_VER)
+#define SSFDAN_COMPILER "msvc " SSFDAN_STR(_MSC_VER)
+#else
+#define SSFDAN_COMPILER "unknown"
+#endif
+
 namespace py = pybind11;
 
 PYBIND11_MODULE(_C, m) {
@@ -31,6 +44,7 @@ PYBIND11_MODULE(_C, m) {
 #endif
     info["cuda_archs"] = std::string(SSFDAN_CUDA_ARCHS);
     info["torch_version"] = std::string(SSFDAN_TORCH_VERSION);
+    info["compiler"] = std::string(SSFDAN_COMPILER);
     return info;
   });
 }

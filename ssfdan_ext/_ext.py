@@ -19,13 +19,14 @@ def build_info() -> dict[str, Any]:
     """What the installed extension was compiled with.
 
     Keys: ``compiled`` (the extension loaded), ``cpu`` and ``cuda`` (which kernel sets are in it),
-    ``cuda_version`` and ``cuda_archs`` (of the CUDA build, if any), ``torch_version`` (torch at build time),
+    ``cuda_version`` and ``cuda_archs`` (of the CUDA build, if any), ``compiler`` (the host C++ compiler),
+    ``torch_version`` (torch at build time),
     ``runtime_torch_version`` (torch now), and ``error`` (why loading failed, when it did).
     """
     info: dict[str, Any] = {"runtime_torch_version": torch.__version__}
     if _C is None:
         info.update(compiled=False, cpu=False, cuda=False, cuda_version=None, cuda_archs="",
-                    torch_version=None, error=str(_LOAD_ERROR))
+                    compiler=None, torch_version=None, error=str(_LOAD_ERROR))
         return info
     info.update(_C.build_info())
     info.update(compiled=True, error=None)
