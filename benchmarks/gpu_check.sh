@@ -10,7 +10,7 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests_cuda bench_ssd  # the build and then only the named steps
 #
 # Steps (in order): env build info memcheck racecheck tests_cuda bench_ssd bench_confidence_select
-# bench_iteration bench_ssd_variants. A step whose time limit would pass the budget is cut short to fit it;
+# bench_iteration bench_ssd_variants bench_iteration_reference. A step whose time limit would pass the budget is cut short to fit it;
 # with under 15 s left, the remaining steps are skipped and say so.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -94,11 +94,15 @@ step bench_ssd 120 bash -c "$PY '$ROOT/benchmarks/bench_ssd.py' --preset paper -
   --layout checkerboard --modes full --repeats 5 --warmup 2 --out '$WORK'"
 step bench_confidence_select 60 $PY "$ROOT/benchmarks/bench_confidence_select.py" --preset paper paper2k \
   --device cuda --repeats 10 --warmup 3 --out "$WORK"
-step bench_iteration 100 $PY "$ROOT/benchmarks/bench_iteration.py" --preset paper --device cuda --repeats 3 \
-  --warmup 2 --out "$WORK"
+step bench_iteration 120 $PY "$ROOT/benchmarks/bench_iteration.py" --preset paper --device cuda \
+  --rows none global ssd-grouped ssd-fused --repeats 3 --warmup 2 --profiled 2 --out "$WORK"
 step bench_ssd_variants 90 bash -c "$PY '$ROOT/benchmarks/bench_ssd.py' --preset paper --device cuda --modes full \
   --precision fp32-ieee --repeats 5 --warmup 2 --out '$WORK' && $PY '$ROOT/benchmarks/bench_ssd.py' --preset \
   paper --device cuda --modes full --precision bf16 --repeats 5 --warmup 2 --out '$WORK'"
+
+# The per-class loop at paper scale, last: the slowest row, and the least needed.
+step bench_iteration_reference 60 $PY "$ROOT/benchmarks/bench_iteration.py" --preset paper --device cuda \
+  --rows ssd-reference --amp off --repeats 2 --warmup 1 --profiled 1 --out "$WORK/reference"
 
 echo "gpu_check: finished after $((SECONDS - START))s, exit $status" | tee -a "$SUMMARY"
 exit $status
