@@ -166,6 +166,117 @@ def ssd_forward(
     return DiscriminatorOutput(logits, lo)
 
 
+# --- The fused backend's ops, one naive definition each ------------------------------------------------------
+
+def routed_conv1x1(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor,
+                   num_classes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Separation + layer 1 for the class cells only: cells sorted by class (stable, IGNORE last), row r holding
+    ``W_c F(cell) + b_c`` for a cell of class c and 0 for an IGNORE cell.
+
+    Shapes: features (B, n, h, w), labels (B, h, w), weight (C*m, n, 1, 1), bias (C*m,) -> rows (B*h*w, m),
+    order (B*h*w,) the flat cell of each row, offsets (C+1,) the first row of each class.
+    """
+    C = num_classes
+    B, n, h, w = features.shape
+    m = weight.shape[0] // C
+    flat = labels.reshape(-1)
+    cells = features.permute(0, 2, 3, 1).reshape(-1, n)
+    order, pieces, offsets = [], [], [0]
+    for c in range(C + 1):  # class C stands for IGNORE, sorted last
+        idx = torch.nonzero(flat == (c if c < C else IGNORE)).view(-1)
+        order.append(idx)
+        if c < C:
+            pieces.append(cells[idx] @ weight[c * m:(c + 1) * m].view(m, n).t() + bias[c * m:(c + 1) * m])
+            offsets.append(offsets[-1] + idx.numel())
+        else:
+            pieces.append(cells.new_zeros((idx.numel(), m)))
+    return (torch.cat(pieces), torch.cat(order), torch.tensor(offsets, dtype=torch.int64, device=labels.device))
+
+
+_TAPS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+
+
+def _explicit_sets(lf: Tensor, lo: Tensor, C: int, strides: Sequence[int]) -> tuple[list[set], list]:
+    """E_l = A_l ∩ N_l for layers 1-5 as sets of (class, image, y, x), one cell at a time (docs: fused backend).
+
+    A_1: the class-c cells; A_l: the cells whose 3x3 footprint touches A_{l-1} or the zero padding. N_5: the output
+    cells labelled c; N_l: the cells inside the footprint of a cell of N_{l+1}.
+    """
+    B, h, w = lf.shape
+    sizes = [(h, w)]
+    for s in strides:
+        sizes.append(((sizes[-1][0] - 1) // s + 1, (sizes[-1][1] - 1) // s + 1))
+    active = [{(int(lf[b, y, x]), b, y, x) for b in range(B) for y in range(h) for x in range(w)
+               if lf[b, y, x] != IGNORE}]
+    for s, (ph, pw), (oh, ow) in zip(strides, sizes, sizes[1:]):
+        prev = active[-1]
+        active.append({(c, b, y, x) for c in range(C) for b in range(B) for y in range(oh) for x in range(ow)
+                       if any(not (0 <= s * y + dy < ph and 0 <= s * x + dx < pw) or (c, b, s * y + dy, s * x + dx)
+                              in prev for dy, dx in _TAPS)})
+    needed = [{(int(lo[b, y, x]), b, y, x) for b in range(B) for y in range(sizes[4][0]) for x in range(sizes[4][1])
+               if lo[b, y, x] != IGNORE}]
+    for s, (ph, pw) in zip(reversed(strides), reversed(sizes[:-1])):
+        needed.insert(0, {(c, b, s * y + dy, s * x + dx) for c, b, y, x in needed[0] for dy, dx in _TAPS
+                          if 0 <= s * y + dy < ph and 0 <= s * x + dx < pw})
+    return [a & n for a, n in zip(active, needed)], sizes
+
+
+def sparse_ssd_rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Sequence[int]):
+    """The fused backend's rulebook built set by set: (lf_masked, taps, offsets, out_index) as
+    :class:`ssfdan_ext.ops.Rulebook` holds them. ``strides`` are those of layers 2-5. Slow (Python sets): small maps.
+
+    Shapes: lf (B, h, w), lo (B, h', w') -> lf_masked (B, h, w), four (P_l, 9) taps, four (C+1,) offsets,
+    out_index (B*h'*w',).
+    """
+    C = num_classes
+    B, h, w = lf.shape
+    explicit, sizes = _explicit_sets(lf.cpu(), lo.cpu(), C, strides)
+    lf_masked = lf.cpu().clone()
+    for b in range(B):
+        for y in range(h):
+            for x in range(w):
+                if (int(lf_masked[b, y, x]), b, y, x) not in explicit[0]:
+                    lf_masked[b, y, x] = IGNORE
+    # Layer 1's rows: cells sorted by class (stable), IGNORE last, as routed_conv1x1 sorts them.
+    flat = lf_masked.view(-1)
+    keys = sorted(range(B * h * w), key=lambda i: (min(int(flat[i]), C), i))
+    rows = {(int(flat[i]), i // (h * w), i % (h * w) // w, i % w): r for r, i in enumerate(keys)}
+    num_rows = B * h * w
+    taps, offsets = [], []
+    for layer, s in enumerate(strides, start=1):
+        ph, pw = sizes[layer - 1]
+        pairs = sorted(explicit[layer])
+        taps.append(torch.tensor([[rows.get((c, b, s * y + dy, s * x + dx), num_rows + c)
+                                   if 0 <= s * y + dy < ph and 0 <= s * x + dx < pw else num_rows + C
+                                   for dy, dx in _TAPS] for c, b, y, x in pairs], dtype=torch.int64).view(-1, 9))
+        offsets.append(torch.tensor([sum(p[0] < c for p in pairs) for c in range(C + 1)], dtype=torch.int64))
+        rows = {p: r for r, p in enumerate(pairs)}
+        num_rows = len(pairs)
+    out_index = torch.tensor([C + num_rows if lo[b, y, x] == IGNORE else
+                              rows.get((int(lo[b, y, x]), b, y, x), num_rows + int(lo[b, y, x]))
+                              for b in range(B) for y in range(sizes[4][0]) for x in range(sizes[4][1])],
+                             dtype=torch.int64)
+    dev = lf.device
+    return (lf_masked.to(dev), tuple(t.to(dev) for t in taps), tuple(o.to(dev) for o in offsets), out_index.to(dev))
+
+
+def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """One SS-D 3x3 layer on explicit pairs, pair by pair: ``out[p] = b_c + sum_t W_c[:, :, t] table[taps[p, t]]``.
+
+    Shapes: table (T, m_in), taps (P, 9), offsets (C+1,), weight (C*m_out, m_in, 3, 3), bias (C*m_out,)
+    -> (P, m_out).
+    """
+    C = offsets.numel() - 1
+    mo = weight.shape[0] // C
+    out = []
+    for c in range(C):
+        w_c = weight[c * mo:(c + 1) * mo].reshape(mo, -1, 9)  # (m_out, m_in, tap)
+        for p in range(int(offsets[c]), int(offsets[c + 1])):
+            gathered = table[taps[p]]  # (9, m_in)
+            out.append(bias[c * mo:(c + 1) * mo] + torch.einsum("oit,ti->o", w_c, gathered))
+    return torch.stack(out) if out else table.new_zeros((0, mo))
+
+
 # --- SPEC sections 4 and 5: CA-R weights and losses ----------------------------------------------------------
 
 def car_weights(tau: Tensor | None, labels: Tensor) -> Tensor:
