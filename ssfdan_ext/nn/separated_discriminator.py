@@ -14,6 +14,7 @@ from .._checks import as_finite_float, check_batch, check_floating, check_labels
 from .._checks import check_num_classes, check_same_device, check_size, check_tensor
 from .._ext import has_compiled_ops
 from ..ops.mode_downsample import mode_downsample
+from ..ops.routed_conv1x1 import triton_available
 from ..ops.sparse_ssd import Rulebook, _rulebook, sparse_ssd_forward
 from ..types import IGNORE, DiscriminatorOutput
 
@@ -108,10 +109,16 @@ class SeparatedDiscriminator(nn.Module):
         return output_size(h, w, self.strides)
 
     def resolve_backend(self, device: torch.device) -> str:
-        """The backend a forward on ``device`` uses."""
+        """The backend a forward on ``device`` uses: ``auto`` is ``fused`` where its kernels exist for the device
+        (the compiled extension on the CPU; with Triton too on CUDA) and ``reference`` elsewhere."""
         if self.backend != "auto":
             return self.backend
-        return "fused" if has_compiled_ops() else "reference"
+        device = torch.device(device)
+        if not has_compiled_ops():
+            return "reference"
+        if device.type == "cpu" or (device.type == "cuda" and triton_available()):
+            return "fused"
+        return "reference"
 
     def plan(self, labels: Tensor, feature_size: Sequence[int], *,
              label_maps: tuple[Tensor, Tensor] | None = None) -> SSDPlan:
