@@ -47,3 +47,21 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, name: str 
     rtol, atol = TOLERANCES[expected.dtype]
     scale = max(float(expected.abs().max()), 1.0) if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol * scale, msg=lambda m: f"{name}: {m}")
+
+
+def load_script(relative: str):
+    """Import a script of the repository (``benchmarks/bench_x.py``, ``examples/x.py``) as a module; benchmarks/
+    goes on ``sys.path`` first, for the scripts that import their ``_harness``."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    benchmarks = str(root / "benchmarks")
+    if benchmarks not in sys.path:
+        sys.path.insert(0, benchmarks)
+    path = root / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

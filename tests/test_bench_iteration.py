@@ -3,25 +3,17 @@ discriminator's backward to the discriminator only."""
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from ssfdan_ext import SeparatedDiscriminator
 from ssfdan_ext.testing import street_labels
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 def _module():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports its _harness
-    spec = importlib.util.spec_from_file_location("bench_iteration", BENCHMARKS / "bench_iteration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_iteration.py")
 
 
 @pytest.mark.slow

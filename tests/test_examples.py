@@ -1,22 +1,13 @@
 """The examples run: the AdaptSegNet-style porting example for a few iterations at a tiny size."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script
 
 
 def test_adaptsegnet_style_loop_runs(capsys):
-    history = _load("adaptsegnet_style").main(["--iterations", "4", "--size", "32x64", "--device", "cpu",
+    history = load_script("examples/adaptsegnet_style.py").main(["--iterations", "4", "--size", "32x64", "--device", "cpu",
                                                "--print-every", "1"])
     assert len(history) == 4 and all(math.isfinite(v) for row in history for v in row.values())
     assert history[0]["loss_adv"] == 0.0 and history[0]["kept"] == 0  # rho_schedule(0, N) = 0
