@@ -70,8 +70,8 @@ class DeepLabV2(nn.Module):
         if depth not in builders:
             raise ValueError(f"depth must be 50 or 101, got {depth}")
         # Each residual branch starts as the identity (torchvision's zero_init_residual): with the statistics
-        # of a fresh BatchNorm (mean 0, variance 1) nothing normalises the sum, and 33 unit-gain branches take a
-        # normalised image to logits of ~5e4, which the first SGD step turns into NaN. Pretrained weights
+        # of a fresh BatchNorm (mean 0, variance 1) nothing normalises the sum, and ResNet-101's 33 branches take
+        # a normalised image to logits of ~5e4, which the first SGD step turns into NaN. Pretrained weights
         # overwrite all of it.
         net = builders[depth](weights=None, replace_stride_with_dilation=[False, True, True],
                               zero_init_residual=not frozen_bn)
