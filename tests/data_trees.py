@@ -110,3 +110,23 @@ def crosscity_tree(root: Path, city: str = "Rome", height: int = 16, width: int 
         write_ids(root / city / "Labels" / "Test" / f"{name}_eval.png", ids)
         labels[f"{name}.png"] = ids
     return labels
+
+
+def dataset_tree(dataset: str, root: Path, splits: tuple[str, ...], height: int, width: int,
+                 city: str | None = None) -> None:
+    """A miniature tree of ``dataset`` (a name of ``ssfdan_ext.data.DATASETS``) holding ``splits``, as a config's
+    ``source_root``/``target_root`` expects it.
+
+    Shapes: images (height, width).
+    """
+    if dataset == "gta5":  # 'all' lists images/, other splits read <split>.txt
+        gta5_tree(root, height=height, width=width)
+    elif dataset == "synthia":
+        synthia_tree(root, height=height, width=width)
+    elif dataset == "cityscapes":
+        for split in dict.fromkeys(splits):
+            cityscapes_tree(root, split, height=height, width=width)
+    elif dataset == "crosscity":  # train (unlabelled) and test both
+        crosscity_tree(root, city or "Rome", height=height, width=width)
+    else:
+        raise ValueError(f"no miniature tree for dataset {dataset!r}")

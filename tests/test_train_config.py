@@ -7,7 +7,7 @@ import pytest
 
 from ssfdan_ext.train import ConfigError, TrainConfig, load_config
 from ssfdan_ext.train.cli import main
-from ssfdan_ext.train.config import parse_override
+from ssfdan_ext.train.config import parse_override, pretrained_warning
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -90,3 +90,14 @@ def test_cli_reports_config_errors(capsys):
     assert "batch_size must be at least 1" in capsys.readouterr().err
     assert main(["--print-config", "iterations=3"]) == 0
     assert "iterations: 3" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+def test_pretrained_warning_names_the_key(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    note = pretrained_warning(cfg)
+    if cfg.model == "small":
+        assert note is None
+    else:
+        assert cfg.pretrained is None and "pretrained" in note and cfg.model in note
+        assert pretrained_warning(load_config(CONFIGS / f"{name}.yaml", ["pretrained=/weights/x.pth"])) is None

@@ -69,7 +69,16 @@ class DeepLabV2(nn.Module):
         builders = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
         if depth not in builders:
             raise ValueError(f"depth must be 50 or 101, got {depth}")
-        net = builders[depth](weights=None, replace_stride_with_dilation=[False, True, True])
+        # Each residual branch starts as the identity (torchvision's zero_init_residual): with the statistics
+        # of a fresh BatchNorm (mean 0, variance 1) nothing normalises the sum, and ResNet-101's 33 branches take
+        # a normalised image to logits of ~5e4, which the first SGD step turns into NaN. Pretrained weights
+        # overwrite all of it.
+        net = builders[depth](weights=None, replace_stride_with_dilation=[False, True, True],
+                              zero_init_residual=not frozen_bn)
+        if frozen_bn:  # a frozen BatchNorm's weight never trains: zero the branch's last convolution instead
+            for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+                for block in layer:
+                    nn.init.zeros_(block.conv3.weight)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         if caffe_style:

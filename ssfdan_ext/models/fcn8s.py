@@ -40,6 +40,15 @@ class FCN8s(nn.Module):
         self.score_fr = nn.Conv2d(4096, num_classes, 1)
         self.score_pool4 = nn.Conv2d(512, num_classes, 1)
         self.score_pool3 = nn.Conv2d(256, num_classes, 1)
+        # torchvision's VGG16 initialisation (make_layers leaves PyTorch's default, whose activations shrink
+        # ~2.5x per layer to 0.02 at fc7): Kaiming convolutions, and fc6/fc7 as its N(0, 0.01) linear layers.
+        for conv in self.features:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+        for fc in (self.fc6, self.fc7):
+            nn.init.normal_(fc.weight, 0.0, 0.01)
+            nn.init.zeros_(fc.bias)
         for score in (self.score_fr, self.score_pool4, self.score_pool3):  # FCN starts the scores at zero
             nn.init.zeros_(score.weight)
             nn.init.zeros_(score.bias)

@@ -217,6 +217,22 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+# Backbones whose published numbers fine-tune ImageNet weights (the small CPU net learns from scratch).
+PRETRAINED_MODELS = ("deeplabv2_resnet101", "deeplabv2_resnet50", "fcn8s_vgg16")
+
+
+def pretrained_warning(cfg: TrainConfig) -> str | None:
+    """The warning for a run of an ImageNet backbone without ``pretrained`` weights, or None.
+
+    Shapes: n/a.
+    """
+    if cfg.pretrained or cfg.model not in PRETRAINED_MODELS:
+        return None
+    return (f"warning: pretrained is null: {cfg.model} starts from random weights. The paper's results fine-tune "
+            "ImageNet weights; set pretrained to a local ImageNet state dict of the backbone (see the README's "
+            "Training section) to reproduce them")
+
+
 def from_dict(values: Mapping[str, object], base: TrainConfig | None = None, origin: str = "config") -> TrainConfig:
     """``base`` (the defaults) updated by ``values``; an unknown key or a value of the wrong type is an error.
 

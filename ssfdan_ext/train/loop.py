@@ -19,7 +19,7 @@ from ..models import build_model, load_pretrained
 from . import distributed as D
 from .adapt import Discriminators, LossTerm
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
-from .config import ConfigError, TrainConfig, validate
+from .config import ConfigError, TrainConfig, pretrained_warning, validate
 from .data import StreamBatchSampler, build_datasets, loader
 from .guards import check_finite_losses, check_finite_tensors, divergence_explained
 from .outdir import claim_out_dir, releases_lock_on_error
@@ -90,6 +90,8 @@ class Trainer:
         model = build_model(cfg.model, cfg.num_classes, **cfg.model_kwargs)
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained)
+        elif self.dist.is_main and (note := pretrained_warning(cfg)):
+            print(note, flush=True)
         self.model = model.to(self.device)
         if cfg.sync_bn and self.dist.enabled and self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
