@@ -240,15 +240,109 @@ def test_triton_on_gpu_matches_aten(device, case, dtype):
                                    msg=lambda msg: f"grad {name}: {msg}")
 
 
-def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
-    """Every kernel specialisation the GPU path launches compiles to a Hopper cubin (Triton's own ptxas)."""
+def run_triton_aot(module: str, tmp_path) -> list[str]:
+    """tests/triton_aot.py's report for ``module``: one line per compiled configuration; fails on any spill."""
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, script, module], env=env, capture_output=True, text=True, timeout=900)
+    print(proc.stdout)  # the register table (pytest -s shows it)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
-    assert len(lines) == 9 and all(int(line.split(": ")[1].split()[0]) > 0 for line in lines), proc.stdout
+    assert lines and all(" 0 spill bytes, " in line and int(line.split(", ")[-1].split()[0]) > 0 for line in lines)
+    return lines
+
+
+def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """Every configuration the GPU path launches compiles to a Hopper cubin (Triton's own ptxas) without spills."""
+    lines = run_triton_aot("routed_conv1x1", tmp_path)
+    # 3 kernels x 2 width sets x (float32 with TF32 off and on, float16, bfloat16).
+    assert len(lines) == 24, "\n".join(lines)
+    for precision in ("ieee", "tf32"):
+        assert sum(f" fp32 {precision} " in line for line in lines) == 6
+
+
+def _recorded_launches(monkeypatch, module, fn, *args) -> list[dict]:
+    """The keyword arguments (constexprs, tiles, options) of every launch ``fn(*args)`` makes, which do not run."""
+    launches = []
+    monkeypatch.setattr(module, "launch", lambda kernel, grid, args, like, config, **constexprs: launches.append(
+        {**constexprs, **config.meta()}))
+    fn(*args)
+    return launches
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_tf32_follows_the_cudnn_flag(monkeypatch, allow_tf32, dtype):
+    # The kernels replace convolutions: float32 products use TF32 exactly when cuDNN convolutions may.
+    pytest.importorskip("triton")
+    from ssfdan_ext.triton import routed_conv1x1 as kernels
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    features, labels, weight, bias = _case(dtype=dtype)
+    launches = _recorded_launches(monkeypatch, kernels, kernels.routed_conv1x1_forward, features, labels, weight,
+                                  bias, 3)
+    order, _, offsets = kernels.sort_cells(labels, 3)
+    launches += _recorded_launches(monkeypatch, kernels, kernels.routed_conv1x1_backward,
+                                   torch.zeros(order.numel(), 4, dtype=dtype), features, weight, order, offsets,
+                                   (True, True, True))
+    expected = "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
+    assert len(launches) == 3 and all(launch["PRECISION"] == expected for launch in launches)
+
+
+def test_triton_results_with_tf32_allowed_under_interpreter(interpreted, monkeypatch):
+    # The interpreter multiplies in IEEE float32 whatever the precision: the TF32 variant still runs and matches.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    features, labels, weight, bias = _case(**TRITON_CASES[1])
+    rows = interpreted.routed_conv1x1_forward(features, labels, weight, bias, 19)[0]
+    assert_close_scaled(rows, torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, 19)[0])
+
+
+def test_interpreter_refuses_cuda_tensors(interpreted):
+    # Under TRITON_INTERPRET=1 a non-CPU tensor must be refused before any launch: the interpreter would copy every
+    # operand to the host and run for hours. Meta tensors stand in for CUDA ones on a machine without a GPU.
+    from ssfdan_ext.triton import configs
+
+    features, labels, weight, bias = (t.to("meta") for t in _case())
+    with pytest.raises(ValueError, match=r"interpreter \(TRITON_INTERPRET=1\) runs on CPU tensors.*meta"):
+        interpreted.routed_conv1x1_forward(features, labels, weight, bias, 3)
+    with pytest.raises(ValueError, match=r"runs on CPU tensors, got tensors on cuda:1: unset TRITON_INTERPRET"):
+        configs.check_device(torch.device("cuda", 1), interpreted=True)
+    with pytest.raises(ValueError, match=r"compiled Triton kernels need CUDA tensors, got tensors on cpu"):
+        configs.check_device(torch.device("cpu"), interpreted=False)
+    configs.check_device(torch.device("cpu"), interpreted=True)
+    configs.check_device(torch.device("cuda", 1), interpreted=False)
+
+
+def test_launch_runs_on_the_tensors_device(monkeypatch):
+    # Triton launches on the current device: a launch for tensors on cuda:1 must make cuda:1 current around it.
+    pytest.importorskip("triton")
+    from ssfdan_ext.triton import configs
+
+    events = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            events.append(("enter", self.device))
+
+        def __exit__(self, *exc):
+            events.append(("exit", self.device))
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: events.append(("launch", grid))
+
+    class FakeCudaTensor:  # all that launch reads of its ``like`` tensor
+        device, is_cuda = torch.device("cuda", 1), True
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    monkeypatch.setattr(configs, "is_interpreted", lambda kernel: False)
+    config = configs.kernel_config("routed_fwd", 8, 8, torch.float32)
+    configs.launch(Kernel(), (2, 1), (), FakeCudaTensor(), config)
+    assert events == [("enter", torch.device("cuda", 1)), ("launch", (2, 1)), ("exit", torch.device("cuda", 1))]
 
 
 # --- Autograd edge cases --------------------------------------------------------------------------------------
