@@ -314,6 +314,18 @@ def test_interpreter_refuses_cuda_tensors(interpreted):
     configs.check_device(torch.device("cuda", 1), interpreted=False)
 
 
+def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
+    from ssfdan_ext.ops.routed_conv1x1 import _use_triton, triton_available
+
+    class FakeCudaTensor:  # all that the dispatch rule reads
+        is_cuda, dtype = True, torch.float32
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not _use_triton(FakeCudaTensor(), "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _use_triton(FakeCudaTensor(), "auto") == triton_available()
+
+
 def test_launch_runs_on_the_tensors_device(monkeypatch):
     # Triton launches on the current device: a launch for tensors on cuda:1 must make cuda:1 current around it.
     pytest.importorskip("triton")

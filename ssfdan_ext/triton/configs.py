@@ -1,13 +1,14 @@
 """Launch configurations of the Triton kernels and the one launch path they share.
 
-``kernel_config(kernel, m_in, m_out, dtype)`` picks the tile sizes, warps and pipeline stages of one kernel for one
-layer shape; ``describe_configs(widths, dtype)`` lists the choice for a whole SS-D (what the benchmarks log).
+``kernel_config(kernel, m_in, m_out, dtype, precision)`` picks the tile sizes, warps and pipeline stages of one
+kernel for one layer shape; ``describe_configs(widths, dtype)`` lists the choice for a whole SS-D (what the benchmarks log).
 ``launch`` runs a kernel on its tensors' device, with the TF32 policy and the interpreter guard applied.
 
 Why these numbers (registers and spills from ptxas -v on sm_90 cubins, ``tests/triton_aot.py``): with four warps
 the kernels whose programs own a 64-row tile needed all 255 registers of a thread and spilled (up to 372 bytes
 in float32, over 700 bytes in float16 where the input gradient scatters through a 64x64 tile of 64-bit
-addresses); eight warps halve each thread's share of the accumulators and addresses. IEEE float32 products run
+addresses); eight warps halve each thread's share of the accumulators and addresses, and the forward kernels
+store each class's rows directly instead of merging them into a second tile-sized accumulator. IEEE float32 products run
 on the FMA units, which keep a thread's slice of both operands in registers: half the K step (16) halves those.
 The software pipeline holds its prefetched operands as well, so those kernels keep two stages. The
 weight-gradient kernels loop over a class bucket in a ``while`` loop, which Triton does not pipeline (one stage).
