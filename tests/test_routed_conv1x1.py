@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICES, assert_close_scaled
+from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense
@@ -240,19 +239,6 @@ def test_triton_on_gpu_matches_aten(device, case, dtype):
                                    msg=lambda msg: f"grad {name}: {msg}")
 
 
-def run_triton_aot(module: str, tmp_path) -> list[str]:
-    """tests/triton_aot.py's report for ``module``: one line per compiled configuration; fails on any spill."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    proc = subprocess.run([sys.executable, script, module], env=env, capture_output=True, text=True, timeout=900)
-    print(proc.stdout)  # the register table (pytest -s shows it)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert lines and all(" 0 spill bytes, " in line and int(line.split(", ")[-1].split()[0]) > 0 for line in lines)
-    return lines
-
-
 def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """Every configuration the GPU path launches compiles to a Hopper cubin (Triton's own ptxas) without spills."""
     lines = run_triton_aot("routed_conv1x1", tmp_path)
@@ -301,17 +287,9 @@ def test_triton_results_with_tf32_allowed_under_interpreter(interpreted, monkeyp
 def test_interpreter_refuses_cuda_tensors(interpreted):
     # Under TRITON_INTERPRET=1 a non-CPU tensor must be refused before any launch: the interpreter would copy every
     # operand to the host and run for hours. Meta tensors stand in for CUDA ones on a machine without a GPU.
-    from ssfdan_ext.triton import configs
-
     features, labels, weight, bias = (t.to("meta") for t in _case())
     with pytest.raises(ValueError, match=r"interpreter \(TRITON_INTERPRET=1\) runs on CPU tensors.*meta"):
         interpreted.routed_conv1x1_forward(features, labels, weight, bias, 3)
-    with pytest.raises(ValueError, match=r"runs on CPU tensors, got tensors on cuda:1: unset TRITON_INTERPRET"):
-        configs.check_device(torch.device("cuda", 1), interpreted=True)
-    with pytest.raises(ValueError, match=r"compiled Triton kernels need CUDA tensors, got tensors on cpu"):
-        configs.check_device(torch.device("cpu"), interpreted=False)
-    configs.check_device(torch.device("cpu"), interpreted=True)
-    configs.check_device(torch.device("cuda", 1), interpreted=False)
 
 
 def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
@@ -324,37 +302,6 @@ def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
     assert not _use_triton(FakeCudaTensor(), "auto")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert _use_triton(FakeCudaTensor(), "auto") == triton_available()
-
-
-def test_launch_runs_on_the_tensors_device(monkeypatch):
-    # Triton launches on the current device: a launch for tensors on cuda:1 must make cuda:1 current around it.
-    pytest.importorskip("triton")
-    from ssfdan_ext.triton import configs
-
-    events = []
-
-    class Guard:
-        def __init__(self, device):
-            self.device = device
-
-        def __enter__(self):
-            events.append(("enter", self.device))
-
-        def __exit__(self, *exc):
-            events.append(("exit", self.device))
-
-    class Kernel:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: events.append(("launch", grid))
-
-    class FakeCudaTensor:  # all that launch reads of its ``like`` tensor
-        device, is_cuda = torch.device("cuda", 1), True
-
-    monkeypatch.setattr(torch.cuda, "device", Guard)
-    monkeypatch.setattr(configs, "is_interpreted", lambda kernel: False)
-    config = configs.kernel_config("routed_fwd", 8, 8, torch.float32)
-    configs.launch(Kernel(), (2, 1), (), FakeCudaTensor(), config)
-    assert events == [("enter", torch.device("cuda", 1)), ("launch", (2, 1)), ("exit", torch.device("cuda", 1))]
 
 
 # --- Autograd edge cases --------------------------------------------------------------------------------------

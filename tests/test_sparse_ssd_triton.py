@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 from conftest import CUDA, assert_close_scaled
-from test_routed_conv1x1 import run_triton_aot
+from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward, sparse_ssd_rulebook
@@ -256,26 +256,6 @@ def test_tap_major_weight_is_cached_per_weight_version(interpreted):
     del weight, optimiser
     gc.collect()
     assert len(cache) < entries, "a freed weight's copy must not stay in the cache"
-
-
-# --- Launch configurations -------------------------------------------------------------------------------------
-
-def test_kernel_configs_for_the_paper_widths(kernels):
-    from ssfdan_ext.triton.configs import KERNELS, describe_configs, kernel_config
-
-    table = describe_configs((2048, 1024, 512, 256, 128, 1), torch.float32)
-    assert len(table) == 5 * 3 and {row["kernel"] for row in table} == set(KERNELS)
-    assert all(row["input_precision"] == "ieee" for row in table)  # tests/conftest.py turns TF32 off
-    last = [row for row in table if row["layer"] == 5]
-    # m_out = 1: the narrowest tile tl.dot allows along the output channels, not 64 masked columns.
-    assert {row["block_n"] for row in last if row["kernel"] != "sparse_grad_table"} == {16}
-    for row in table:
-        assert row["block_k"] >= 16 and row["num_warps"] in (4, 8) and row["num_stages"] >= 1
-    assert kernel_config("sparse_fwd", 1024, 512, torch.float32, "tf32").block_k == 32
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        kernel_config("sparse_forward", 8, 8, torch.float32)
-    with pytest.raises(ValueError, match="precision must be 'ieee' or 'tf32'"):
-        kernel_config("sparse_fwd", 8, 8, torch.float32, "fp32")
 
 
 # --- The whole sparse SS-D through the public function --------------------------------------------------------
