@@ -101,6 +101,16 @@ def forward_gflop(disc: SeparatedDiscriminator, features: torch.Tensor, labels: 
     return {"dense": dense / 1e9, "fused": fused / 1e9}
 
 
+def triton_configs(preset: Preset, dtype: torch.dtype = torch.float32) -> list[dict]:
+    """The Triton launch configurations (tiles, warps, stages, TF32) the fused backend uses on CUDA for this
+    preset's widths, as chosen by ssfdan_ext.triton.configs; [] where Triton is not installed."""
+    try:
+        from ssfdan_ext.triton.configs import describe_configs
+    except ImportError:
+        return []
+    return describe_configs((preset.in_channels, *preset.channels, 1), dtype)
+
+
 def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
     """Separation + layer 1 of ``disc.backend``, reduced to a scalar (mean square of its output)."""
     C, conv = disc.num_classes, disc.convs[0]
@@ -174,6 +184,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gflop = forward_gflop(disc, features, labels)
     print(f"forward FLOPs: dense backends {gflop['dense']:.3f} GFLOP, fused (explicit pairs) {gflop['fused']:.3f} "
           f"GFLOP ({gflop['dense'] / gflop['fused']:.1f}x fewer)", flush=True)
+    stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
+    if args.precision != "fp32":
+        stem += f"_{args.precision}"
+    dtype = apply_precision(args.precision)  # the TF32 flags the launch configurations depend on
+    configs = triton_configs(preset, dtype) if device.type == "cuda" and "fused" in args.providers else []
+    if configs:  # the kernels' launch choices belong with their timings
+        print(f"\nTriton launch configurations of the fused backend ({args.precision}):")
+        print_table(configs, list(configs[0]))
+        write_csv(configs, args.out / f"{stem}_triton_configs.csv")
+        print(flush=True)
     rows = []
     common = ["--preset", args.preset, "--device", args.device, "--layout", args.layout, "--precision",
               args.precision, "--repeats",
@@ -198,9 +218,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                              if base and base["peak_mb"] > 0 else "")
     print()
     print_table(rows, columns)
-    stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
-    if args.precision != "fp32":
-        stem += f"_{args.precision}"
     write_csv(rows, args.out / f"{stem}.csv")
     plotted = plot_bars(rows, args.out / f"{stem}.png",
                         f"SS-D {args.preset} ({args.layout}, {args.precision}, {device.type})",

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import DEVICES, assert_close_scaled
+from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense
@@ -241,14 +240,68 @@ def test_triton_on_gpu_matches_aten(device, case, dtype):
 
 
 def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
-    """Every kernel specialisation the GPU path launches compiles to a Hopper cubin (Triton's own ptxas)."""
+    """Every configuration the GPU path launches compiles to a Hopper cubin (Triton's own ptxas) without spills."""
+    lines = run_triton_aot("routed_conv1x1", tmp_path)
+    # 3 kernels x 2 width sets x (float32 with TF32 off and on, float16, bfloat16).
+    assert len(lines) == 24, "\n".join(lines)
+    for precision in ("ieee", "tf32"):
+        assert sum(f" fp32 {precision} " in line for line in lines) == 6
+
+
+def _recorded_launches(monkeypatch, module, fn, *args) -> list[dict]:
+    """The keyword arguments (constexprs, tiles, options) of every launch ``fn(*args)`` makes, which do not run."""
+    launches = []
+    monkeypatch.setattr(module, "launch", lambda kernel, grid, args, like, config, **constexprs: launches.append(
+        {**constexprs, **config.meta()}))
+    fn(*args)
+    return launches
+
+
+@pytest.mark.parametrize("allow_tf32", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_tf32_follows_the_cudnn_flag(monkeypatch, allow_tf32, dtype):
+    # The kernels replace convolutions: float32 products use TF32 exactly when cuDNN convolutions may.
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    proc = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert len(lines) == 9 and all(int(line.split(": ")[1].split()[0]) > 0 for line in lines), proc.stdout
+    from ssfdan_ext.triton import routed_conv1x1 as kernels
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
+    features, labels, weight, bias = _case(dtype=dtype)
+    launches = _recorded_launches(monkeypatch, kernels, kernels.routed_conv1x1_forward, features, labels, weight,
+                                  bias, 3)
+    order, _, offsets = kernels.sort_cells(labels, 3)
+    launches += _recorded_launches(monkeypatch, kernels, kernels.routed_conv1x1_backward,
+                                   torch.zeros(order.numel(), 4, dtype=dtype), features, weight, order, offsets,
+                                   (True, True, True))
+    expected = "tf32" if allow_tf32 and dtype == torch.float32 else "ieee"
+    assert len(launches) == 3 and all(launch["PRECISION"] == expected for launch in launches)
+
+
+def test_triton_results_with_tf32_allowed_under_interpreter(interpreted, monkeypatch):
+    # The interpreter multiplies in IEEE float32 whatever the precision: the TF32 variant still runs and matches.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    features, labels, weight, bias = _case(**TRITON_CASES[1])
+    rows = interpreted.routed_conv1x1_forward(features, labels, weight, bias, 19)[0]
+    assert_close_scaled(rows, torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, 19)[0])
+
+
+def test_interpreter_refuses_cuda_tensors(interpreted):
+    # Under TRITON_INTERPRET=1 a non-CPU tensor must be refused before any launch: the interpreter would copy every
+    # operand to the host and run for hours. Meta tensors stand in for CUDA ones on a machine without a GPU.
+    features, labels, weight, bias = (t.to("meta") for t in _case())
+    with pytest.raises(ValueError, match=r"interpreter \(TRITON_INTERPRET=1\) runs on CPU tensors.*meta"):
+        interpreted.routed_conv1x1_forward(features, labels, weight, bias, 3)
+
+
+def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
+    from ssfdan_ext.ops.routed_conv1x1 import _use_triton, triton_available
+
+    class FakeCudaTensor:  # all that the dispatch rule reads
+        is_cuda, dtype = True, torch.float32
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not _use_triton(FakeCudaTensor(), "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert _use_triton(FakeCudaTensor(), "auto") == triton_available()
 
 
 # --- Autograd edge cases --------------------------------------------------------------------------------------

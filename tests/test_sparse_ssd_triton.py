@@ -1,13 +1,13 @@
 """sparse_ssd, Triton backend: the sparse 3x3 layer's kernels against the ATen ops, and the whole sparse SS-D."""
 from __future__ import annotations
 
+import gc
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import CUDA, assert_close_scaled
+from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward, sparse_ssd_rulebook
@@ -72,8 +72,13 @@ def _layer_case(C, strides, layer, mi, mo, dtype=torch.float64, device="cpu", se
 
 
 def _aten(table, taps, offsets, weight, bias, grad_out, mask=ALL):
+    """The ATen op's results, with the table's last row (the zero row) given no gradient: the Triton backend does
+    not compute it, since the SS-D discards it (test_zero_row_gradient_is_not_computed)."""
     out = torch.ops.ssfdan_ext.sparse_conv3x3_forward(table, taps, offsets, weight, bias)
-    return out, torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, list(mask))
+    grads = torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, list(mask))
+    if grads[0] is not None:
+        grads[0][-1] = 0
+    return out, grads
 
 
 def _triton(kernels, table, taps, offsets, weight, bias, grad_out, mask=ALL):
@@ -211,6 +216,48 @@ def test_backward_rejects_bad_grad_out(kernels):
         kernels.sparse_conv3x3_backward(torch.zeros(3, 4), T1, TAPS1, OFF1, W1, ALL)
 
 
+def test_zero_row_gradient_is_not_computed(interpreted):
+    # The zero row (the table's last) is a constant of the SS-D value table: its gradient is discarded, so the
+    # Triton backend spends no atomics on it. Every other row's gradient is the ATen op's.
+    table, taps, offsets, weight, bias = _layer_case(C=3, strides=(1, 1, 1, 1), layer=0, mi=6, mo=4, h=5, w=6)
+    T = table.shape[0]
+    assert (taps == T - 1).any(), "the case must read the zero row (the padding)"
+    grad_out = torch.randn(taps.shape[0], 4, dtype=torch.float64)
+    grad_table = interpreted.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, ALL)[0]
+    ref = torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, list(ALL))[0]
+    assert ref[-1].abs().sum() > 0 and not grad_table[-1].any()
+    assert_close_scaled(grad_table[:-1], ref[:-1], "grad table without the zero row")
+
+
+def test_tap_major_weight_is_cached_per_weight_version(interpreted):
+    # One permuted copy per weight state: reused while the weight is unchanged, rebuilt after any in-place update
+    # (an optimiser step), dropped when the weight is freed.
+    cache = interpreted._tap_major
+    table, taps, offsets, weight, bias = _layer_case(C=2, strides=(1, 1, 1, 1), layer=0, mi=6, mo=4, h=5, w=6)
+    weight = torch.nn.Parameter(weight)
+    grad_out = torch.randn(taps.shape[0], 4, dtype=torch.float64)
+    builds = cache.builds
+    _triton(interpreted, table, taps, offsets, weight.detach(), bias, grad_out)  # a view: its own entry
+    out = interpreted.sparse_conv3x3_forward(table, taps, offsets, weight, bias)
+    interpreted.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, ALL)
+    assert cache.builds == builds + 2, "the forward and backward of one weight state share one copy"
+    assert torch.equal(cache(weight, 2), interpreted._tap_major_copy(weight.detach(), 2))
+    optimiser = torch.optim.SGD([weight], lr=0.5)
+    weight.grad = torch.randn_like(weight)
+    optimiser.step()
+    out_after = interpreted.sparse_conv3x3_forward(table, taps, offsets, weight, bias)
+    assert cache.builds == builds + 3 and not torch.allclose(out_after, out)
+    assert_close_scaled(out_after, _aten(table, taps, offsets, weight.detach(), bias, grad_out)[0], "after a step")
+    with torch.no_grad():
+        weight.mul_(2)
+    assert torch.equal(cache(weight, 2), interpreted._tap_major_copy(weight.detach(), 2))
+    assert cache.builds == builds + 4
+    entries = len(cache)
+    del weight, optimiser
+    gc.collect()
+    assert len(cache) < entries, "a freed weight's copy must not stay in the cache"
+
+
 # --- The whole sparse SS-D through the public function --------------------------------------------------------
 
 def _ssd_case(device="cpu", dtype=torch.float64, B=2, n=5, h=7, w=9, C=3, widths=(6, 5, 7, 4),
@@ -247,16 +294,13 @@ def test_sparse_ssd_forward_triton_matches_aten(interpreted):
 # --- Compiled for the GPU -------------------------------------------------------------------------------------
 
 def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
-    """Every specialisation the GPU path launches compiles to a Hopper cubin (Triton's own ptxas)."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    proc = subprocess.run([sys.executable, script, "sparse_ssd"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    # 3 dtypes x (forward, input gradient, 3 weight-gradient flag sets) + 3 kernels with m_out = 1.
-    assert len(lines) == 18 and all(int(line.split(": ")[-1].split()[0]) > 0 for line in lines), proc.stdout
+    """Every configuration the GPU path launches compiles to a Hopper cubin (Triton's own ptxas) without spills."""
+    lines = run_triton_aot("sparse_ssd", tmp_path)
+    # Per width set and dtype: layers 2-5 x (forward, table gradient, weight+bias gradient), and layer 2's
+    # weight-only and bias-only gradients; 2 width sets x (float32 with TF32 off and on, float16, bfloat16).
+    assert len(lines) == 14 * 2 * 4, "\n".join(lines)
+    for precision in ("ieee", "tf32"):
+        assert sum(f" fp32 {precision} " in line for line in lines) == 28
 
 
 @pytest.mark.parametrize("device", [CUDA])

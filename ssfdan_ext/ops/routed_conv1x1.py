@@ -50,10 +50,14 @@ def triton_available() -> bool:
 
 
 def _use_triton(features: Tensor, impl: str) -> bool:
-    """Whether an op with this input and ``impl`` runs its Triton kernels (shared by the routed and sparse ops)."""
+    """Whether an op with this input and ``impl`` runs its Triton kernels (shared by the routed and sparse ops).
+
+    ``auto`` leaves CUDA tensors to the ATen kernels under ``TRITON_INTERPRET=1``: the interpreter computes on the
+    host and would take hours on them (``impl="triton"`` is refused there with a clear error instead)."""
     if impl == "triton":
         return True
-    return impl == "auto" and features.is_cuda and features.dtype in _TRITON_DTYPES and triton_available()
+    return (impl == "auto" and features.is_cuda and features.dtype in _TRITON_DTYPES and triton_available()
+            and os.environ.get("TRITON_INTERPRET") != "1")
 
 
 def _kernels():

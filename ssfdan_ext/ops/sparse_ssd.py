@@ -120,7 +120,8 @@ def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
 
     Differentiable once in ``table``, ``weight`` and ``bias``. ``impl``: ``"auto"`` (Triton for CUDA float32/
     float16/bfloat16, the compiled ATen code otherwise), ``"aten"`` or ``"triton"`` (CPU tensors only under
-    ``TRITON_INTERPRET=1``).
+    ``TRITON_INTERPRET=1``). The table's last row is the zero row of the SS-D value table: the Triton backend
+    gives it no gradient (0; the SS-D discards it), the ATen backend computes it.
 
     Shapes:
         table (T, m_in), taps (P, 9) int64 rows of ``table``, offsets (C+1,) int64 pairs of each class,

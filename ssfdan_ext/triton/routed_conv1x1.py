@@ -5,6 +5,14 @@ runs one GEMM per class present in its tile (usually one, two at a boundary); no
 no host synchronisation is needed. The gather of a cell's feature column (stride h*w in the NCHW input) is fused
 into the operand load, and the backward scatters straight into the NCHW gradient. Runs on the GPU, or on CPU
 tensors under ``TRITON_INTERPRET=1`` (how the tests exercise it).
+
+Launch configurations (tiles, warps, stages) come from :mod:`ssfdan_ext.triton.configs`, per kernel and layer
+shape. TF32: float32 products use TF32 when ``torch.backends.cudnn.allow_tf32`` is True (PyTorch's flag for the
+convolutions this layer replaces) and IEEE float32 otherwise; other dtypes are unaffected.
+
+Loops whose bounds are data (a tile's classes, a class's bucket) are ``while`` loops and the channel loops run to
+constexpr widths: Triton 3.6's interpreter turns ``range()`` bounds into Python ints with ``int()`` of a 1-element
+array, which NumPy >= 2.4 rejects, whereas a ``while`` condition goes through ``bool()``, which accepts it.
 """
 from __future__ import annotations
 
@@ -14,17 +22,17 @@ import triton.language as tl
 from torch import Tensor
 
 from ..types import IGNORE
-
-# Tile sizes: tl.dot needs every dimension >= 16; 64x64 output tiles keep an H200's SMs busy at paper scale
-# (8,385 cells x 1,024 channels) while small test shapes stay cheap under the interpreter.
-BLOCK_ROWS, BLOCK_COLS, BLOCK_K = 64, 64, 32
+from .configs import input_precision, kernel_config, launch
 
 
 @triton.jit
-def _class_range(cls, C):
-    """The lowest and highest class among a tile's rows (IGNORE rows hold C); an empty range when all are C."""
-    lo = tl.min(cls, axis=0)
-    hi = tl.max(tl.where(cls < C, cls, -1), axis=0)
+def _class_range(row_class_ptr, N, C, BLOCK_M: tl.constexpr):
+    """The first and last class of this program's rows, which are sorted by class with IGNORE (class C) last:
+    every class of the tile lies in [lo, hi], and hi < lo when the tile holds IGNORE rows only. Two scalar loads
+    instead of a min and a max over the tile."""
+    first = tl.program_id(0).to(tl.int64) * BLOCK_M
+    lo = tl.load(row_class_ptr + first)
+    hi = tl.minimum(tl.load(row_class_ptr + tl.minimum(first + BLOCK_M, N) - 1), C - 1)
     return lo, hi
 
 
@@ -42,17 +50,21 @@ def _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, N, K, COLS, n, HW, C,
-                        w_stride_col, w_stride_k, GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, N, COLS, n, HW, C,
+                        w_stride_col, w_stride_k, K: tl.constexpr, GATHER_A: tl.constexpr, HAS_BIAS: tl.constexpr,
+                        ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_K: tl.constexpr):
     """out[row, col] = sum_k A[row, k] W_c[col, k] (+ b_c[col]) for each row of class c.
 
     Forward (GATHER_A): A is the features, read at the row's cell (stride h*w between channels), and the result
     goes to the dense (N, m) rows. Input gradient (not GATHER_A): A is the dense (N, m) row gradient, and the
     result is scattered into the (B, n, h, w) gradient at the row's cell; every cell has one row, so each output
     element is written by exactly one program (no atomics). Class c's weight block starts at c * K * COLS.
+    Each class's rows are stored as soon as they are computed, under their class mask, rather than merged into a
+    second tile-sized accumulator first: that accumulator cost a 64x64 tile of registers. IGNORE rows are not
+    written (the caller zero-fills the output).
     """
-    rows, row_ok, cls, base = _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M)
+    rows, _, cls, base = _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < COLS
     cols64 = cols.to(tl.int64)
@@ -60,9 +72,9 @@ def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, 
         a_rows, a_stride, out_rows, out_stride = base, HW, rows * COLS, 1
     else:
         a_rows, a_stride, out_rows, out_stride = rows * K, 1, base, HW
-    result = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    lo, hi = _class_range(cls, C)
-    for c in range(lo, hi + 1):
+    out_ptrs = out_ptr + out_rows[:, None] + cols64[None, :] * out_stride
+    c, hi = _class_range(row_class_ptr, N, C, BLOCK_M)
+    while c <= hi:
         sel = cls == c
         if tl.sum(sel.to(tl.int32), axis=0) > 0:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -73,18 +85,17 @@ def _routed_gemm_kernel(a_ptr, order_ptr, row_class_ptr, w_ptr, b_ptr, out_ptr, 
                             mask=sel[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(w_ptr + c * K * COLS + cols[None, :] * w_stride_col + ks[:, None] * w_stride_k,
                              mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                acc += tl.dot(a, wt, input_precision="ieee", out_dtype=ACC)
+                acc += tl.dot(a, wt, input_precision=PRECISION, out_dtype=ACC)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + c * COLS + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
-            result = tl.where(sel[:, None], acc, result)
-    tl.store(out_ptr + out_rows[:, None] + cols64[None, :] * out_stride, result.to(out_ptr.dtype.element_ty),
-             mask=(row_ok & (cls < C))[:, None] & col_ok[None, :])
+            tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=sel[:, None] & col_ok[None, :])
+        c += 1
 
 
 @triton.jit
 def _routed_grad_weight_kernel(g_ptr, order_ptr, offsets_ptr, x_ptr, gw_ptr, gb_ptr, n, m, HW,
-                               ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                               BLOCK_K: tl.constexpr):
+                               ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # grad W_c = sum over class c's rows of grad_rows[row]^T x features[cell]: one program per (class, tile),
     # looping over the class's bucket [offsets[c], offsets[c+1]) read on the device.
     c = tl.program_id(0)
@@ -96,7 +107,8 @@ def _routed_grad_weight_kernel(g_ptr, order_ptr, offsets_ptr, x_ptr, gw_ptr, gb_
     end = tl.load(offsets_ptr + c + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC)
-    for r0 in range(start, end, BLOCK_K):
+    r0 = start
+    while r0 < end:
         rows = r0 + tl.arange(0, BLOCK_K)
         row_ok = rows < end
         cell = tl.load(order_ptr + rows, mask=row_ok, other=0)
@@ -104,8 +116,9 @@ def _routed_grad_weight_kernel(g_ptr, order_ptr, offsets_ptr, x_ptr, gw_ptr, gb_
         gt = tl.load(g_ptr + rows[None, :] * m + outs[:, None], mask=out_ok[:, None] & row_ok[None, :], other=0.0)
         a = tl.load(x_ptr + base[:, None] + ins.to(tl.int64)[None, :] * HW, mask=row_ok[:, None] & in_ok[None, :],
                     other=0.0)
-        acc += tl.dot(gt, a, input_precision="ieee", out_dtype=ACC)
+        acc += tl.dot(gt, a, input_precision=PRECISION, out_dtype=ACC)
         bias_acc += tl.sum(gt.to(ACC), axis=1)
+        r0 += BLOCK_K
     tl.store(gw_ptr + (c * m + outs)[:, None] * n + ins[None, :], acc.to(gw_ptr.dtype.element_ty),
              mask=out_ok[:, None] & in_ok[None, :])
     if tl.program_id(2) == 0:
@@ -146,12 +159,15 @@ def routed_conv1x1_forward(features: Tensor, labels: Tensor, weight: Tensor, bia
     order, row_class, offsets = sort_cells(labels, C)
     N = order.numel()
     out = torch.zeros((N, m), dtype=features.dtype, device=features.device)  # IGNORE rows stay 0
-    grid = (triton.cdiv(N, BLOCK_ROWS), triton.cdiv(m, BLOCK_COLS))
+    if N == 0 or m == 0:
+        return out, order, offsets
+    precision = input_precision(features.dtype)
+    config = kernel_config("routed_fwd", n, m, features.dtype, precision)
+    grid = (triton.cdiv(N, config.block_m), triton.cdiv(m, config.block_n))
     # W_c[col, k] = weight[c*m + col, k]: column stride n, k stride 1.
-    _routed_gemm_kernel[grid](features, order, row_class, weight.reshape(C * m, n).contiguous(), bias.contiguous(),
-                              out, N, n, m, n, h * w, C, n, 1, GATHER_A=True, HAS_BIAS=True,
-                              ACC=_acc_dtype(features.dtype), BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
-                              BLOCK_K=BLOCK_K)
+    launch(_routed_gemm_kernel, grid, (features, order, row_class, weight.reshape(C * m, n).contiguous(),
+                                       bias.contiguous(), out, N, m, n, h * w, C, n, 1), features, config,
+           K=n, GATHER_A=True, HAS_BIAS=True, ACC=_acc_dtype(features.dtype), PRECISION=precision)
     return out, order, offsets
 
 
@@ -169,22 +185,30 @@ def routed_conv1x1_backward(grad_rows: Tensor, features: Tensor, weight: Tensor,
     m = weight.shape[0] // C
     N = order.numel()
     w2 = weight.reshape(C * m, n).contiguous()
-    acc = _acc_dtype(features.dtype)
+    dtype = features.dtype
+    precision = input_precision(dtype)
+    flags = {"ACC": _acc_dtype(dtype), "PRECISION": precision}
     grad_features = grad_weight = grad_bias = None
     if output_mask[0]:
-        row_class = torch.searchsorted(offsets[1:], torch.arange(N, device=order.device), right=True)
         grad_features = torch.zeros_like(features)
-        grid = (triton.cdiv(N, BLOCK_ROWS), triton.cdiv(n, BLOCK_COLS))
-        # (W_c^T)[col, k] = weight[c*m + k, col]: column stride 1, k stride n.
-        _routed_gemm_kernel[grid](grad_rows, order, row_class, w2, w2, grad_features, N, m, n, n, h * w, C, 1, n,
-                                  GATHER_A=False, HAS_BIAS=False, ACC=acc, BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS,
-                                  BLOCK_K=BLOCK_K)
+        if N > 0 and n > 0 and m > 0:
+            row_class = torch.searchsorted(offsets[1:], torch.arange(N, device=order.device), right=True)
+            config = kernel_config("routed_grad_input", n, m, dtype, precision)
+            grid = (triton.cdiv(N, config.block_m), triton.cdiv(n, config.block_n))
+            # (W_c^T)[col, k] = weight[c*m + k, col]: column stride 1, k stride n.
+            launch(_routed_gemm_kernel, grid, (grad_rows, order, row_class, w2, w2, grad_features, N, n, n, h * w,
+                                               C, 1, n), features, config,
+                   K=m, GATHER_A=False, HAS_BIAS=False, **flags)
     if output_mask[1] or output_mask[2]:
-        gw = torch.empty((C * m, n), dtype=features.dtype, device=features.device)
-        gb = torch.empty((C * m,), dtype=features.dtype, device=features.device)
-        grid = (C, triton.cdiv(m, BLOCK_ROWS), triton.cdiv(n, BLOCK_COLS))
-        _routed_grad_weight_kernel[grid](grad_rows, order, offsets, features, gw, gb, n, m, h * w, ACC=acc,
-                                         BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_K=BLOCK_K)
+        run = N > 0 and n > 0 and m > 0
+        alloc = torch.empty if run else torch.zeros  # the kernel writes every element, empty buckets included
+        gw = alloc((C * m, n), dtype=dtype, device=features.device)
+        gb = alloc((C * m,), dtype=dtype, device=features.device)
+        if run:
+            config = kernel_config("routed_grad_weight", n, m, dtype, precision)
+            grid = (C, triton.cdiv(m, config.block_m), triton.cdiv(n, config.block_n))
+            launch(_routed_grad_weight_kernel, grid, (grad_rows, order, offsets, features, gw, gb, n, m, h * w),
+                   features, config, **flags)
         grad_weight = gw.view(weight.shape) if output_mask[1] else None
         grad_bias = gb if output_mask[2] else None
     return grad_features, grad_weight, grad_bias

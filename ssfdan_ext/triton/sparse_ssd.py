@@ -9,9 +9,17 @@ The input gradient scatters each pair's nine tap gradients into the table with a
 gradients and then ``index_add_``-ing them would need a (P*9, m_in) float32 buffer: at paper scale (layer 2:
 m_in = 1024, ~50k pairs) that is ~1.8 GB, against no extra memory for the atomics (the float32 accumulator is
 the gradient itself for float32 inputs, and the table's size for float16/bfloat16). Every explicit row is read
-by at most nine taps, so its atomics rarely collide; the hot rows (a class's constant row, read by thousands of
-taps, and the zero row) are first summed over the tile and then added once per tile. The summation order of
-the atomics is not fixed: results are reproducible up to float32 rounding, not bit for bit.
+by at most nine taps, so its atomics rarely collide; the hot constant rows (a class's constant row is read by
+thousands of taps) are first summed over the tile and then added once per tile. The table's last row is the
+zero row of the SS-D value table (``ops/sparse_ssd.py``'s ``_table``: a constant, not a function of the
+weights), whose gradient the caller discards: it is not computed, and that row of the table gradient is 0. The
+summation order of the atomics is not fixed: results are reproducible up to float32 rounding, not bit for bit.
+
+Launch configurations come from :mod:`ssfdan_ext.triton.configs` per kernel and layer shape. TF32: float32
+products use TF32 when ``torch.backends.cudnn.allow_tf32`` is True and IEEE float32 otherwise (other dtypes are
+unaffected). The tap-major weight copy the kernels read is cached per weight tensor and version (see
+``_tap_major``). Data-dependent loops are ``while`` loops and the channel loops run to constexpr widths, for the
+reason given in :mod:`ssfdan_ext.triton.routed_conv1x1`.
 """
 from __future__ import annotations
 
@@ -20,10 +28,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._weight_cache import WeightCache
+from .configs import input_precision, kernel_config, launch
 from .routed_conv1x1 import _acc_dtype, _class_range
-
-# tl.dot needs every dimension >= 16; the same tiles as the routed layer 1.
-BLOCK_ROWS, BLOCK_COLS, BLOCK_K = 64, 64, 32
 
 
 @triton.jit
@@ -36,20 +43,20 @@ def _pair_tile(row_class_ptr, P, C, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
-def _sparse_conv_fwd_kernel(table_ptr, taps_ptr, row_class_ptr, wt_ptr, b_ptr, out_ptr, P, MI, MO, C,
-                            ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
+def _sparse_conv_fwd_kernel(table_ptr, taps_ptr, row_class_ptr, wt_ptr, b_ptr, out_ptr, P, C, MI: tl.constexpr,
+                            MO: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[p, col] = b_c[col] + sum_t sum_k table[taps[p, t], k] Wt[c, t, k, col] for each pair p of class c.
 
-    Wt is the tap-major weight (C, 9, m_in, m_out). Each output element is written by one program.
+    Wt is the tap-major weight (C, 9, m_in, m_out). Each output element is written by one program, when its
+    class's product is done (no second tile-sized accumulator: see the routed kernel).
     """
-    rows, row_ok, cls = _pair_tile(row_class_ptr, P, C, BLOCK_M)
+    rows, _, cls = _pair_tile(row_class_ptr, P, C, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < MO
     cols64 = cols.to(tl.int64)
-    result = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    lo, hi = _class_range(cls, C)
-    for c in range(lo, hi + 1):
+    c, hi = _class_range(row_class_ptr, P, C, BLOCK_M)
+    while c <= hi:
         sel = cls == c
         if tl.sum(sel.to(tl.int32), axis=0) > 0:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
@@ -63,11 +70,11 @@ def _sparse_conv_fwd_kernel(table_ptr, taps_ptr, row_class_ptr, wt_ptr, b_ptr, o
                                 other=0.0)
                     w = tl.load(wt_ptr + w_base + ks.to(tl.int64)[:, None] * MO + cols64[None, :],
                                 mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                    acc += tl.dot(a, w, input_precision="ieee", out_dtype=ACC)
+                    acc += tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
             acc += tl.load(b_ptr + c * MO + cols, mask=col_ok, other=0.0).to(ACC)[None, :]
-            result = tl.where(sel[:, None], acc, result)
-    tl.store(out_ptr + rows[:, None] * MO + cols64[None, :], result.to(out_ptr.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+            tl.store(out_ptr + rows[:, None] * MO + cols64[None, :], acc.to(out_ptr.dtype.element_ty),
+                     mask=sel[:, None] & col_ok[None, :])
+        c += 1
 
 
 @triton.jit
@@ -80,22 +87,23 @@ def _add_hot_row(gt_ptr, tap_rows, hot, acc, cols64, col_ok, MI):
 
 
 @triton.jit
-def _sparse_conv_grad_table_kernel(g_ptr, taps_ptr, row_class_ptr, wt_ptr, gt_ptr, P, T, MI, MO, C,
-                                   ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                                   BLOCK_K: tl.constexpr):
-    """grad_table[taps[p, t], col] += sum_o grad_out[p, o] Wt[c, t, col, o] for each pair p of class c and tap t.
+def _sparse_conv_grad_table_kernel(g_ptr, taps_ptr, row_class_ptr, wt_ptr, gt_ptr, P, T, C, MI: tl.constexpr,
+                                   MO: tl.constexpr, ACC: tl.constexpr, PRECISION: tl.constexpr,
+                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """grad_table[taps[p, t], col] += sum_o grad_out[p, o] Wt[c, t, col, o] for each pair p of class c and tap t,
+    except into the zero row T - 1 (the caller discards its gradient: no atomics for the row every tile hits).
 
     The columns are m_in (the table's width), K runs over m_out. Rows reading their class's constant row
-    (T - C - 1 + c) or the zero row (T - 1) are summed over the tile first: one atomic per tile instead of one
-    per pair on the rows every tile hits. Any tap row is handled exactly (the pre-sum only reorders the sum).
+    (T - C - 1 + c) are summed over the tile first: one atomic per tile instead of one per pair on the row every
+    tile of the class hits. Any other tap row is handled exactly (the pre-sum only reorders the sum).
     """
-    rows, row_ok, cls = _pair_tile(row_class_ptr, P, C, BLOCK_M)
+    rows, _, cls = _pair_tile(row_class_ptr, P, C, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = cols < MI
     cols64 = cols.to(tl.int64)
     zero_row = T - 1
-    lo, hi = _class_range(cls, C)
-    for c in range(lo, hi + 1):
+    c, hi = _class_range(row_class_ptr, P, C, BLOCK_M)
+    while c <= hi:
         sel = cls == c
         if tl.sum(sel.to(tl.int32), axis=0) > 0:
             const_row = T - 1 - C + c
@@ -109,21 +117,21 @@ def _sparse_conv_grad_table_kernel(g_ptr, taps_ptr, row_class_ptr, wt_ptr, gt_pt
                                 other=0.0)
                     w = tl.load(wt_ptr + w_base + cols64[None, :] * MO + ks[:, None],
                                 mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-                    acc += tl.dot(a, w, input_precision="ieee", out_dtype=ACC)
+                    acc += tl.dot(a, w, input_precision=PRECISION, out_dtype=ACC)
                 tap_rows = tl.load(taps_ptr + rows * 9 + t, mask=sel, other=0)
-                hot_const = sel & (tap_rows == const_row)
-                hot_zero = sel & (tap_rows == zero_row)
-                cold = sel & ~hot_const & ~hot_zero
+                hot = sel & (tap_rows == const_row)
+                cold = sel & ~hot & (tap_rows != zero_row)
                 tl.atomic_add(gt_ptr + tap_rows[:, None] * MI + cols64[None, :], acc,
                               mask=cold[:, None] & col_ok[None, :], sem="relaxed")
-                _add_hot_row(gt_ptr, tap_rows, hot_const, acc, cols64, col_ok, MI)
-                _add_hot_row(gt_ptr, tap_rows, hot_zero, acc, cols64, col_ok, MI)
+                _add_hot_row(gt_ptr, tap_rows, hot, acc, cols64, col_ok, MI)
+        c += 1
 
 
 @triton.jit
-def _sparse_conv_grad_weight_kernel(g_ptr, taps_ptr, offsets_ptr, table_ptr, gw_ptr, gb_ptr, MI, MO,
-                                    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
-                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _sparse_conv_grad_weight_kernel(g_ptr, taps_ptr, offsets_ptr, table_ptr, gw_ptr, gb_ptr, MI: tl.constexpr,
+                                    MO: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                    ACC: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # grad W_c[o, i, t] = sum over class c's pairs p of grad_out[p, o] table[taps[p, t], i]: one program per
     # (class, tap x input-channel tile, output-channel tile), looping over the class's pairs read on the device.
     # The gradient is stored straight into the canonical (C*m_out, m_in, 3, 3) layout (tap stride 1).
@@ -138,7 +146,8 @@ def _sparse_conv_grad_weight_kernel(g_ptr, taps_ptr, offsets_ptr, table_ptr, gw_
     end = tl.load(offsets_ptr + c + 1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     bias_acc = tl.zeros((BLOCK_N,), dtype=ACC)
-    for r0 in range(start, end, BLOCK_K):
+    r0 = start
+    while r0 < end:
         pairs = r0 + tl.arange(0, BLOCK_K)
         pair_ok = pairs < end
         g = tl.load(g_ptr + pairs[:, None] * MO + outs[None, :], mask=pair_ok[:, None] & out_ok[None, :],
@@ -147,9 +156,10 @@ def _sparse_conv_grad_weight_kernel(g_ptr, taps_ptr, offsets_ptr, table_ptr, gw_
             tap_rows = tl.load(taps_ptr + pairs * 9 + t, mask=pair_ok, other=0)
             xt = tl.load(table_ptr + tap_rows[None, :] * MI + ins[:, None], mask=in_ok[:, None] & pair_ok[None, :],
                          other=0.0)
-            acc += tl.dot(xt, g, input_precision="ieee", out_dtype=ACC)
+            acc += tl.dot(xt, g, input_precision=PRECISION, out_dtype=ACC)
         if HAS_BIAS:
             bias_acc += tl.sum(g.to(ACC), axis=0)
+        r0 += BLOCK_K
     if HAS_WEIGHT:
         dst = ((c.to(tl.int64) * MO + outs[None, :]) * MI + ins[:, None]) * 9 + t
         tl.store(gw_ptr + dst, acc.to(gw_ptr.dtype.element_ty), mask=in_ok[:, None] & out_ok[None, :])
@@ -183,10 +193,14 @@ def _acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _tap_major(weight: Tensor, C: int) -> Tensor:
-    """W as (C, 9, m_in, m_out): a class's tap t is one contiguous (m_in, m_out) block."""
+def _tap_major_copy(weight: Tensor, C: int) -> Tensor:
     mo, mi = weight.shape[0] // C, weight.shape[1]
     return weight.reshape(C, mo, mi, 9).permute(0, 3, 2, 1).contiguous()
+
+
+# W as (C, 9, m_in, m_out), a class's tap t one contiguous (m_in, m_out) block, built once per weight version: the
+# forward and backward of the source and target passes of a training step share one copy.
+_tap_major = WeightCache(_tap_major_copy)
 
 
 def _row_class(offsets: Tensor, P: int) -> Tensor:
@@ -209,18 +223,22 @@ def sparse_conv3x3_forward(table: Tensor, taps: Tensor, offsets: Tensor, weight:
     out = torch.empty((P, mo), dtype=table.dtype, device=table.device)
     if P == 0 or mo == 0:
         return out
-    acc = _acc_torch_dtype(table.dtype)
-    grid = (triton.cdiv(P, BLOCK_ROWS), triton.cdiv(mo, BLOCK_COLS))
-    _sparse_conv_fwd_kernel[grid](table.contiguous(), taps.contiguous(), _row_class(offsets, P), _tap_major(weight, C),
-                                  bias.to(acc).contiguous(), out, P, mi, mo, C, ACC=_acc_dtype(table.dtype),
-                                  BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_K=BLOCK_K)
+    dtype = table.dtype
+    precision = input_precision(dtype)
+    config = kernel_config("sparse_fwd", mi, mo, dtype, precision)
+    grid = (triton.cdiv(P, config.block_m), triton.cdiv(mo, config.block_n))
+    launch(_sparse_conv_fwd_kernel, grid, (table.contiguous(), taps.contiguous(), _row_class(offsets, P),
+                                           _tap_major(weight, C), bias.to(_acc_torch_dtype(dtype)).contiguous(),
+                                           out, P, C), table, config,
+           MI=mi, MO=mo, ACC=_acc_dtype(dtype), PRECISION=precision)
     return out
 
 
 def sparse_conv3x3_backward(grad_out: Tensor, table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
                             output_mask: tuple[bool, bool, bool] | list[bool]
                             ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Same contract as ``torch.ops.ssfdan_ext.sparse_conv3x3_backward``.
+    """Same contract as ``torch.ops.ssfdan_ext.sparse_conv3x3_backward``, except for the table's last row: it is
+    the SS-D value table's zero row, whose gradient the caller discards, and its gradient is returned as 0.
 
     Sums are accumulated in float32 (float64 for float64 inputs) and cast to the input dtype at the end: a
     constant row collects the tap gradients of thousands of pairs.
@@ -237,25 +255,30 @@ def sparse_conv3x3_backward(grad_out: Tensor, table: Tensor, taps: Tensor, offse
         raise ValueError(f"{op}: grad_out must be (P, m_out) = ({P}, {mo}), got shape {tuple(grad_out.shape)}")
     dtype, acc = table.dtype, _acc_torch_dtype(table.dtype)
     grad_out, table, taps = grad_out.to(dtype).contiguous(), table.contiguous(), taps.contiguous()
+    precision = input_precision(dtype)
+    flags = {"MI": mi, "MO": mo, "ACC": _acc_dtype(dtype), "PRECISION": precision}
     grad_table = grad_weight = grad_bias = None
     if output_mask[0]:
-        buffer = torch.zeros((T, mi), dtype=acc, device=table.device)
+        buffer = torch.zeros((T, mi), dtype=acc, device=table.device)  # atomics add into it
         if P > 0 and mi > 0 and mo > 0:
-            grid = (triton.cdiv(P, BLOCK_ROWS), triton.cdiv(mi, BLOCK_COLS))
-            _sparse_conv_grad_table_kernel[grid](grad_out, taps, _row_class(offsets, P), _tap_major(weight, C),
-                                                 buffer, P, T, mi, mo, C, ACC=_acc_dtype(dtype), BLOCK_M=BLOCK_ROWS,
-                                                 BLOCK_N=BLOCK_COLS, BLOCK_K=BLOCK_K)
+            config = kernel_config("sparse_grad_table", mi, mo, dtype, precision)
+            grid = (triton.cdiv(P, config.block_m), triton.cdiv(mi, config.block_n))
+            launch(_sparse_conv_grad_table_kernel, grid, (grad_out, taps, _row_class(offsets, P),
+                                                          _tap_major(weight, C), buffer, P, T, C), table, config,
+                   **flags)
         grad_table = buffer.to(dtype)
     if output_mask[1] or output_mask[2]:
-        gw = torch.zeros(weight.shape, dtype=dtype, device=table.device)
-        gb = torch.zeros((C * mo,), dtype=dtype, device=table.device)
-        if P > 0 and mo > 0:
-            in_tiles = 9 * triton.cdiv(mi, BLOCK_ROWS) if output_mask[1] and mi > 0 else 1
-            grid = (C, in_tiles, triton.cdiv(mo, BLOCK_COLS))
-            _sparse_conv_grad_weight_kernel[grid](grad_out, taps, offsets.contiguous(), table, gw, gb, mi, mo,
-                                                  HAS_WEIGHT=bool(output_mask[1]) and mi > 0,
-                                                  HAS_BIAS=bool(output_mask[2]), ACC=_acc_dtype(dtype),
-                                                  BLOCK_M=BLOCK_ROWS, BLOCK_N=BLOCK_COLS, BLOCK_K=BLOCK_K)
+        has_weight, has_bias = bool(output_mask[1]) and mi > 0, bool(output_mask[2])
+        run = P > 0 and mo > 0
+        # The kernel writes every element it computes, empty classes included: no zero fill before it.
+        gw = (torch.empty if run and has_weight else torch.zeros)(weight.shape, dtype=dtype, device=table.device)
+        gb = (torch.empty if run and has_bias else torch.zeros)((C * mo,), dtype=dtype, device=table.device)
+        if run:
+            config = kernel_config("sparse_grad_weight", mi, mo, dtype, precision)
+            in_tiles = 9 * triton.cdiv(mi, config.block_m) if has_weight else 1
+            grid = (C, in_tiles, triton.cdiv(mo, config.block_n))
+            launch(_sparse_conv_grad_weight_kernel, grid, (grad_out, taps, offsets.contiguous(), table, gw, gb),
+                   table, config, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, **flags)
         grad_weight = gw if output_mask[1] else None
         grad_bias = gb if output_mask[2] else None
     return grad_table, grad_weight, grad_bias
