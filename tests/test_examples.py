@@ -7,8 +7,8 @@ from conftest import load_script
 
 
 def test_adaptsegnet_style_loop_runs(capsys):
-    history = load_script("examples/adaptsegnet_style.py").main(["--iterations", "4", "--size", "32x64", "--device", "cpu",
-                                               "--print-every", "1"])
+    example = load_script("examples/adaptsegnet_style.py")
+    history = example.main(["--iterations", "4", "--size", "32x64", "--device", "cpu", "--print-every", "1"])
     assert len(history) == 4 and all(math.isfinite(v) for row in history for v in row.values())
     assert history[0]["loss_adv"] == 0.0 and history[0]["kept"] == 0  # rho_schedule(0, N) = 0
     assert history[-1]["kept"] > 0 and history[-1]["loss_d"] > 0

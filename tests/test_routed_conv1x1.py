@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, assert_close_scaled
+from conftest import DEVICES, TRITON_REQUIRED, assert_close_scaled, require_triton
 from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
@@ -167,7 +167,7 @@ def test_compiled_op_rejects_bad_labels_itself():
 @pytest.fixture(scope="module")
 def interpreted():
     """The Triton kernels module, run by Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1)."""
-    pytest.importorskip("triton")
+    require_triton()
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("TRITON_INTERPRET is not 1: the Triton kernels are compiled, not interpreted, in this run")
     from ssfdan_ext.triton import routed_conv1x1 as kernels
@@ -261,7 +261,7 @@ def _recorded_launches(monkeypatch, module, fn, *args) -> list[dict]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_tf32_follows_the_cudnn_flag(monkeypatch, allow_tf32, dtype):
     # The kernels replace convolutions: float32 products use TF32 exactly when cuDNN convolutions may.
-    pytest.importorskip("triton")
+    require_triton()
     from ssfdan_ext.triton import routed_conv1x1 as kernels
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
@@ -307,7 +307,7 @@ def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
 # --- Autograd edge cases --------------------------------------------------------------------------------------
 
 INTERPRETED = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    os.environ.get("TRITON_INTERPRET") != "1" or (importlib.util.find_spec("triton") is None and not TRITON_REQUIRED),
     reason="Triton on CPU tensors needs Triton and its interpreter")
 IMPLS = ["aten", pytest.param("triton", marks=INTERPRETED)]
 

@@ -2,72 +2,16 @@
 dense convolution, and the whole discriminator against the reference on the layouts that stress it."""
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 from conftest import DEVICES, assert_close_scaled
 from test_ssd import _compare_backends, _labels
 
 from ssfdan_ext import IGNORE, SeparatedDiscriminator, mode_downsample, reference
-from ssfdan_ext.geometry import output_size
+from ssfdan_ext.geometry import layer_sizes, output_size
 from ssfdan_ext.ops.sparse_ssd import class_constants, executed_flops, sparse_conv3x3, sparse_ssd_rulebook
 
 TAPS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
-
-
-def _grid_sizes(h: int, w: int, strides) -> list[tuple[int, int]]:
-    sizes = [(h, w)]
-    for s in strides:
-        sizes.append(((sizes[-1][0] - 1) // s + 1, (sizes[-1][1] - 1) // s + 1))
-    return sizes
-
-
-def _explicit_sets(lf: torch.Tensor, lo: torch.Tensor, C: int, strides) -> list[set]:
-    """E_l = A_l ∩ N_l for layers 1-5 as sets of (class, image, y, x), one cell at a time."""
-    B, h, w = lf.shape
-    sizes = _grid_sizes(h, w, strides)
-    active = [{(int(lf[b, y, x]), b, y, x) for b in range(B) for y in range(h) for x in range(w)
-               if lf[b, y, x] != IGNORE}]
-    for s, (ph, pw), (oh, ow) in zip(strides, sizes, sizes[1:]):
-        prev = active[-1]
-        active.append({(c, b, y, x) for c in range(C) for b in range(B) for y in range(oh) for x in range(ow)
-                       if any(not (0 <= s * y + dy < ph and 0 <= s * x + dx < pw) or (c, b, s * y + dy, s * x + dx)
-                              in prev for dy, dx in TAPS)})
-    needed = [{(int(lo[b, y, x]), b, y, x) for b in range(B) for y in range(sizes[4][0]) for x in range(sizes[4][1])
-               if lo[b, y, x] != IGNORE}]
-    for s, (ph, pw) in zip(reversed(strides), reversed(sizes[:-1])):
-        needed.insert(0, {(c, b, s * y + dy, s * x + dx) for c, b, y, x in needed[0] for dy, dx in TAPS
-                          if 0 <= s * y + dy < ph and 0 <= s * x + dx < pw})
-    return [a & n for a, n in zip(active, needed)]
-
-
-def _expected_rulebook(lf, lo, C, strides):
-    B, h, w = lf.shape
-    sizes = _grid_sizes(h, w, strides)
-    explicit = _explicit_sets(lf, lo, C, strides)
-    lf_masked = lf.clone()
-    for b, y, x in itertools.product(range(B), range(h), range(w)):
-        if (int(lf[b, y, x]), b, y, x) not in explicit[0]:
-            lf_masked[b, y, x] = IGNORE
-    # Layer 1's rows: cells sorted by class (stable), IGNORE last.
-    keys = sorted(range(B * h * w), key=lambda i: (min(int(lf_masked.view(-1)[i]), C), i))
-    rows = {(int(lf_masked.view(-1)[i]), i // (h * w), i % (h * w) // w, i % w): r for r, i in enumerate(keys)}
-    num_rows = B * h * w
-    taps, offsets = [], []
-    for layer, s in enumerate(strides, start=1):
-        (ph, pw) = sizes[layer - 1]
-        pairs = sorted(explicit[layer])
-        taps.append(torch.tensor([[rows.get((c, b, s * y + dy, s * x + dx), num_rows + c)
-                                   if 0 <= s * y + dy < ph and 0 <= s * x + dx < pw else num_rows + C
-                                   for dy, dx in TAPS] for c, b, y, x in pairs], dtype=torch.long).view(-1, 9))
-        offsets.append(torch.tensor([sum(p[0] < c for p in pairs) for c in range(C + 1)]))
-        rows = {p: r for r, p in enumerate(pairs)}
-        num_rows = len(pairs)
-    out_index = torch.tensor([C + num_rows if lo[b, y, x] == IGNORE else
-                              rows.get((int(lo[b, y, x]), b, y, x), num_rows + int(lo[b, y, x]))
-                              for b in range(B) for y in range(sizes[4][0]) for x in range(sizes[4][1])])
-    return lf_masked, taps, offsets, out_index
 
 
 def _maps(labels, C, h, w, strides):
@@ -83,7 +27,7 @@ def test_rulebook_matches_the_explicit_sets(device, kind, C, strides, h, w):
     labels = _labels(kind, 2, 4 * h, 4 * w, C, seed=h)
     lf, lo = _maps(labels, C, h, w, strides)
     rb = sparse_ssd_rulebook(lf.to(device), lo.to(device), C, strides[1:])
-    lf_masked, taps, offsets, out_index = _expected_rulebook(lf, lo, C, strides[1:])
+    lf_masked, taps, offsets, out_index = reference.sparse_ssd_rulebook(lf, lo, C, strides[1:])  # set by set
     assert torch.equal(rb.lf_masked.cpu(), lf_masked)
     for layer in range(4):
         assert torch.equal(rb.taps[layer].cpu(), taps[layer]), f"taps of layer {layer + 2}"
@@ -96,7 +40,7 @@ def test_rulebook_is_sparse_on_street_layouts_and_counts_flops():
     lf, lo = _maps(_labels("street", 1, 256, 512, C, seed=0), C, h, w, (1, 2, 2, 2, 2))
     rb = sparse_ssd_rulebook(lf, lo, C, (2, 2, 2, 2))
     counts = rb.pair_counts()
-    dense = [h * w] + [C * a * b for a, b in _grid_sizes(h, w, (2, 2, 2, 2))[1:]]
+    dense = [h * w] + [C * a * b for a, b in layer_sizes(h, w, (1, 2, 2, 2, 2))[1:]]
     assert counts[0] == int((lf != IGNORE).sum() - (rb.lf_masked == IGNORE).sum() + (lf == IGNORE).sum())
     assert all(0 < c <= d for c, d in zip(counts, dense)) and counts[1] < dense[1] / 2
     widths = (8, 6, 5, 4, 3, 1)
@@ -129,8 +73,10 @@ def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, B, h, w
     expected = dense.view(B, C, mo, oh * ow).permute(1, 0, 3, 2).reshape(-1, mo)
     assert_close_scaled(out, expected, "sparse conv")
     if dtype == torch.float64:
-        fn = lambda t, wt, bs: sparse_conv3x3(t, taps, offsets, wt, bs)  # noqa: E731
-        args = (table[: C * B * h * w + C + 1].detach().requires_grad_(True), weight.requires_grad_(True),
+        # The table's last row is the constant zero row (its gradient is 0 by contract): append it in the function.
+        zero_row = torch.zeros(1, mi, dtype=dtype, device=device)
+        fn = lambda t, wt, bs: sparse_conv3x3(torch.cat([t, zero_row]), taps, offsets, wt, bs)  # noqa: E731
+        args = (table[: C * B * h * w + C].detach().requires_grad_(True), weight.requires_grad_(True),
                 bias.requires_grad_(True))
         assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, fast_mode=True)
 

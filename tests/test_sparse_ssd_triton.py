@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import CUDA, assert_close_scaled
+from conftest import CUDA, assert_close_scaled, require_triton
 from test_triton_configs import run_triton_aot
 
 from ssfdan_ext import IGNORE
@@ -19,7 +19,7 @@ ALL = (True, True, True)
 @pytest.fixture(scope="module")
 def kernels():
     """The Triton kernels module; run by Triton's interpreter on CPU tensors (tests/conftest.py sets it)."""
-    pytest.importorskip("triton")
+    require_triton()
     from ssfdan_ext.triton import sparse_ssd
 
     return sparse_ssd

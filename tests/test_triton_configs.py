@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import require_triton
 
 
 @pytest.fixture(scope="module")
 def configs():
-    pytest.importorskip("triton")
+    require_triton()
     from ssfdan_ext.triton import configs
 
     return configs
@@ -20,7 +21,7 @@ def configs():
 
 def run_triton_aot(module: str, tmp_path) -> list[str]:
     """tests/triton_aot.py's report for ``module``: one line per compiled configuration; fails on any spill."""
-    pytest.importorskip("triton")
+    require_triton()
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
     script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
     proc = subprocess.run([sys.executable, script, module], env=env, capture_output=True, text=True, timeout=900)

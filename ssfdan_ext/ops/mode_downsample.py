@@ -22,8 +22,8 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
 
     Raises:
         TypeError: labels is not an int64 tensor, or size is not a pair of ints.
-        ValueError: wrong rank, an empty map (B, H or W = 0), size out of range, num_classes outside [1, 255], or a label outside
-            [0, num_classes) ∪ {255}.
+        ValueError: wrong rank, an empty map (B, H or W = 0), size out of range, num_classes outside [1, 255], or a
+            label outside [0, num_classes) ∪ {255}.
 
     Without a compiled kernel for the labels' device this runs :func:`ssfdan_ext.reference.mode_downsample`
     (the same result; see :func:`ssfdan_ext._ext.use_reference`).

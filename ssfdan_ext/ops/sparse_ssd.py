@@ -111,6 +111,8 @@ class _SparseConv3x3(torch.autograd.Function):
             grads = _kernels().sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
         else:
             grads = torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
+            if grads[0] is not None:
+                grads[0][-1].zero_()  # the zero row: no gradient on any backend (see sparse_conv3x3)
         return grads[0], grads[1], grads[2], None, None, None
 
 
@@ -120,8 +122,8 @@ def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
 
     Differentiable once in ``table``, ``weight`` and ``bias``. ``impl``: ``"auto"`` (Triton for CUDA float32/
     float16/bfloat16, the compiled ATen code otherwise), ``"aten"`` or ``"triton"`` (CPU tensors only under
-    ``TRITON_INTERPRET=1``). The table's last row is the zero row of the SS-D value table: the Triton backend
-    gives it no gradient (0; the SS-D discards it), the ATen backend computes it.
+    ``TRITON_INTERPRET=1``). The table's last row is the zero row of the SS-D value table, a constant: its
+    gradient is 0 on every backend (the Triton kernels skip it, which spares the atomics every tile would add).
 
     Shapes:
         table (T, m_in), taps (P, 9) int64 rows of ``table``, offsets (C+1,) int64 pairs of each class,
