@@ -37,8 +37,10 @@ from ssfdan_ext.geometry import layer_sizes  # noqa: E402
 from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
 from ssfdan_ext.ops.sparse_ssd import executed_flops, sparse_ssd_rulebook  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
+from _loop import LoopDiscriminator  # noqa: E402
 
-PROVIDERS = ("reference", "grouped", "fused")
+PROVIDERS = ("loop", "reference", "grouped", "fused")
+DENSE = ("loop", "reference", "grouped")  # every ratio is taken against the fastest of these
 MODES = ("fwd", "bwd", "full", "plan", "l1")
 
 
@@ -113,18 +115,21 @@ def triton_configs(preset: Preset, dtype: torch.dtype = torch.float32) -> list[d
 
 def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.Tensor) -> torch.Tensor:
     """Separation + layer 1 of ``disc.backend``, reduced to a scalar (mean square of its output)."""
-    C, conv = disc.num_classes, disc.convs[0]
+    C = disc.num_classes
+    if disc.backend == "loop":
+        total = sum(disc.first_layer(c)(torch.where((lf == c).unsqueeze(1), features, 0.0)).square().mean()
+                    for c in range(C))
+        return total / C
+    conv = disc.convs[0]
     if disc.backend == "fused":
         return routed_conv1x1(features, lf, conv.weight, conv.bias, C).rows.square().mean()
     if disc.backend == "grouped":
         B, n, h, w = features.shape
-        masks = (lf.unsqueeze(1) == torch.arange(C, device=lf.device).view(1, C, 1, 1)).to(features.dtype)
-        return conv((masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w)).square().mean()
-    m = conv.weight.shape[0] // C
-    total = 0
-    for c in range(C):
-        x = features * (lf == c).unsqueeze(1).to(features.dtype)
-        total = total + F.conv2d(x, conv.weight[c * m:(c + 1) * m], conv.bias[c * m:(c + 1) * m]).square().mean()
+        own = lf.view(B, 1, 1, h, w) == torch.arange(C, device=lf.device).view(1, C, 1, 1, 1)
+        return conv(torch.where(own, features.unsqueeze(1), 0.0).reshape(B, C * n, h, w)).square().mean()
+    weights, biases = conv.weight.chunk(C), conv.bias.chunk(C)
+    total = sum(F.conv2d(torch.where((lf == c).unsqueeze(1), features, 0.0), weights[c], biases[c]).square().mean()
+                for c in range(C))
     return total / C
 
 
@@ -135,7 +140,7 @@ def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Ten
         lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
         return lambda _=None: layer1_loss(disc, features, lf).backward(), None
 
-    if mode == "plan":  # fwd+bwd reusing the label-dependent part built once, untimed (what ssfdan-train does)
+    if mode == "plan" and disc.backend != "loop":  # fwd+bwd reusing the label-dependent part built once, untimed
         plan = disc.plan(labels, features.shape[-2:])
         return lambda _=None: disc(features, plan=plan).logits.square().mean().backward(), None
 
@@ -144,7 +149,7 @@ def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Ten
 
     if mode == "fwd":
         return forward, None
-    if mode == "full":
+    if mode in ("full", "plan"):  # the loop has no plan: its "plan" row is its full step
         return lambda _=None: forward().backward(), None
     return lambda loss: loss.backward(), forward  # bwd: the forward runs untimed
 
@@ -153,7 +158,10 @@ def measure(provider: str, mode: str, preset_name: str, layout: str, device: tor
             warmup: int, precision: str = "fp32") -> dict:
     preset = PRESETS[preset_name]
     disc, features, labels = make_case(preset, layout, device, dtype=apply_precision(precision))
-    disc.backend = provider
+    if provider == "loop":
+        disc = LoopDiscriminator(disc)
+    else:
+        disc.backend = provider
     fn, setup = step(disc, features, labels, mode)
     with PeakMemory(device) as peak:
         ms = median_ms(fn, device, repeats, warmup, setup)
@@ -205,7 +213,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   flush=True)
             row["fwd_gflop"] = round(gflop["fused" if provider == "fused" else "dense"], 4) if mode != "l1" else ""
             rows.append(row)
-    columns = ["provider", "mode", "median_ms", "peak_mb", "fwd_gflop"]
+    columns = ["provider", "mode", "median_ms", "peak_mb", "fwd_gflop", "speedup_vs_fastest_dense",
+               "memory_vs_fastest_dense"]
+    for row in rows:  # the honest ratio: against the fastest thing a user could write instead
+        dense = [r for r in rows if r["mode"] == row["mode"] and r["provider"] in DENSE]
+        best = min(dense, key=lambda r: r["median_ms"]) if dense else None
+        row["fastest_dense"] = best["provider"] if best else ""
+        row["speedup_vs_fastest_dense"] = round(best["median_ms"] / row["median_ms"], 2) if best else ""
+        row["memory_vs_fastest_dense"] = (round(row["peak_mb"] / best["peak_mb"], 3)
+                                          if best and best["peak_mb"] > 0 else "")
     for base_name in ("reference", "grouped"):
         if base_name not in args.providers:
             continue

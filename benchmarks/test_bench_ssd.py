@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _loop import LoopDiscriminator
 from bench_ssd import MODES, PRESETS, PROVIDERS, make_case, step
 
 
@@ -15,7 +16,10 @@ from bench_ssd import MODES, PRESETS, PROVIDERS, make_case, step
 def test_ssd(benchmark, preset, provider, mode):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     disc, features, labels = make_case(PRESETS[preset], "street", device)
-    disc.backend = provider
+    if provider == "loop":
+        disc = LoopDiscriminator(disc)
+    else:
+        disc.backend = provider
     fn, setup = step(disc, features, labels, mode)
 
     def run(arg=None):

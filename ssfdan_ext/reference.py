@@ -152,13 +152,16 @@ def ssd_forward(
     if label_maps is None:
         label_maps = (mode_downsample(labels, (h, w), C), mode_downsample(labels, output_size(h, w, strides), C))
     lf, lo = label_maps
+    # Class c's stack as views of the canonical parameters. One split per tensor, not a slice per class: autograd
+    # then assembles each parameter's gradient once, where C slices would each fill a full-size zero gradient.
+    stacks = list(zip(*(w.chunk(C) for w in weights)))
+    bias_stacks = list(zip(*(b.chunk(C) for b in biases)))
     logits = None
     for c in range(C):
         # Selection, not multiplication by the mask (SPEC 3.2): 0 * NaN would put a non-finite feature everywhere.
         x = torch.where((lf == c).unsqueeze(1), features, features.new_zeros(()))
-        for layer, (weight, bias, stride, padding) in enumerate(zip(weights, biases, strides, PADDINGS)):
-            rows = weight.shape[0] // C
-            x = F.conv2d(x, weight[c * rows:(c + 1) * rows], bias[c * rows:(c + 1) * rows], stride, padding)
+        for layer, (weight, bias, stride, padding) in enumerate(zip(stacks[c], bias_stacks[c], strides, PADDINGS)):
+            x = F.conv2d(x, weight, bias, stride, padding)
             if layer < len(weights) - 1:
                 x = F.leaky_relu(x, negative_slope)
         logits = torch.zeros_like(x) if logits is None else logits
