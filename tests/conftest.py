@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +81,11 @@ def require_triton() -> None:
         if TRITON_REQUIRED:
             pytest.fail(f"Triton does not import ({err}) but SSFDAN_FORCE_CUDA=1 requires the GPU toolchain")
         pytest.skip(f"Triton does not import: {err}")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a test's child Python process: it imports the same ssfdan_ext as the test (the installed
+    package with its compiled extension in CI, the checkout during development), never a source tree without it."""
+    package_root = str(Path(ssfdan_ext.__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from ssfdan_ext.evaluate import (ConfusionMatrix, colorize, confusion_matrix, ev
                                  iou_table, mean_iou, write_iou_table)
 from ssfdan_ext.evaluate.cli import main
 from ssfdan_ext.models import build_model, save_checkpoint
+from conftest import subprocess_env
 
 LABEL = torch.tensor([[0, 0, 1], [1, 2, 255]])
 PRED = torch.tensor([[0, 1, 1], [1, 0, 2]])
@@ -199,7 +199,7 @@ def test_cli_on_synthetic_scenes_and_plain_state_dicts(tmp_path, tiny_checkpoint
 
 
 def test_python_dash_m_entry_point(tmp_path, tiny_checkpoint):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = subprocess_env()
     done = subprocess.run([sys.executable, "-m", "ssfdan_ext.evaluate", "--checkpoint", str(tiny_checkpoint),
                            "--dataset", "synthetic", "--length", "2", "--input-size", "16x32", "--workers", "0",
                            "--out", str(tmp_path / "m")], capture_output=True, text=True, env=env, timeout=300)

@@ -1,23 +1,20 @@
 """python -m ssfdan_ext.info: the report names what is installed, --check passes here, and a wrong op fails."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import ssfdan_ext
 from ssfdan_ext import info
+from conftest import subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(*args: str, interpret: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env["TRITON_INTERPRET"] = "1" if interpret else "0"
+    env = subprocess_env(TRITON_INTERPRET="1" if interpret else "0")
     return subprocess.run([sys.executable, "-m", "ssfdan_ext.info", *args], env=env, capture_output=True, text=True,
                           timeout=600)
 

@@ -26,8 +26,8 @@ from ssfdan_ext.train.outdir import LOCK_NAME
 from ssfdan_ext.train.runlog import read_csv
 from test_verified_io import KINDS, damage
 from train_helpers import tiny_config, tiny_overrides
+from conftest import subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
 RUN = {"iterations": 4, "checkpoint_every": 2, "keep_last": 2}
 unverified_ok = pytest.mark.filterwarnings("ignore::ssfdan_ext.models.UnverifiedCheckpointWarning")
 
@@ -50,7 +50,7 @@ def _ckpt(out: Path, it: int) -> Path:
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess_env()
 
 
 # --- resume ---------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 uninterrupted run."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,8 @@ import torch
 
 from ssfdan_ext.train.runlog import read_csv
 from train_helpers import tiny_overrides
+from conftest import subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPARED = ("iteration", "loss_seg", "loss_adv", "loss_d", "rho", "lr", "lr_d")
 
 
@@ -27,7 +26,7 @@ def _command(out_dir: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_resume_after_sigkill_reaches_the_same_losses(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = subprocess_env()
     killed, reference = tmp_path / "killed", tmp_path / "reference"
     ref = subprocess.Popen(_command(reference), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = subprocess.Popen(_command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

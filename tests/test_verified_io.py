@@ -18,8 +18,8 @@ from ssfdan_ext.models import verified_io as vio
 from ssfdan_ext.models.verified_io import (CheckpointError, UnverifiedCheckpointWarning, read_verified,
                                            verify_file, write_verified)
 from ssfdan_ext.train.checkpoint import CheckpointManager
+from conftest import subprocess_env
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def flip_bits(path: Path) -> None:
@@ -159,7 +159,7 @@ def test_ssfdan_eval_names_directories_and_ignored_options(tmp_path, tiny_model,
 def test_ssfdan_eval_process_prints_no_traceback(tmp_path, tiny_model):
     save_checkpoint(tiny_model, tmp_path / "final.pt")
     flip_bits(tmp_path / "final.pt")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = subprocess_env()
     done = subprocess.run([sys.executable, "-m", "ssfdan_ext.evaluate", "--checkpoint", str(tmp_path / "final.pt"),
                            *EVAL_ARGS], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 1
