@@ -159,7 +159,8 @@ def write_table(path: Path, results: dict[int, list[tuple[int, float, float, flo
         f"torch {torch.__version__}, Python {platform.python_version()}, {seconds / 60:.1f} min in total.",
         "",
         header,
-        "| # | setting | target mIoU (%) | min – max | per seed | pixel accuracy (%) | paired Δ to global (points) |",
+        "| # | setting | target mIoU (%) | min – max | per seed | pixel accuracy (%) | "
+        "paired Δ to global (points) |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row, runs in sorted(results.items()):

@@ -30,7 +30,10 @@ def _command(out_dir: Path, *extra: str, adaptation: str = "ssd+global", self_tr
 def test_resume_after_sigkill_reaches_the_same_losses(tmp_path, adaptation, self_training):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    command = lambda out, *extra: _command(out, *extra, adaptation=adaptation, self_training=self_training)  # noqa: E731
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return _command(out, *extra, adaptation=adaptation, self_training=self_training)
+
     ref = subprocess.Popen(command(reference), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run = subprocess.Popen(command(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = killed / "checkpoints" / "ckpt_00000010.pt"

@@ -204,7 +204,8 @@ class Trainer:
 
     # --- one iteration ----------------------------------------------------------------------------------------
     def _normalized(self, terms: list[LossTerm]) -> Tensor:
-        return sum(D.global_normalize(t.loss, t.count, self.dist) for t in terms)
+        # Starting from a zero tensor: no terms (no discriminator, self-training alone) is a 0 loss, and 0 + x == x.
+        return sum((D.global_normalize(t.loss, t.count, self.dist) for t in terms), torch.zeros((), device=self.device))
 
     def step(self, it: int) -> dict:
         """Iteration ``it`` (SPEC section 5); returns the CSV row (losses averaged over the global batch)."""
@@ -237,29 +238,23 @@ class Trainer:
             # Each domain's masks at its own feature size: source and target images may differ in size.
             # Diverged weights give NaN logits, which confidence_select refuses before any loss is on the host.
             with divergence_explained((("loss_seg", loss_seg), ("target logits", pred_t)), it, self.ckpt.latest):
-                masks_t = None
-                if self.discs.active:
-                    masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
-                    kept = masks_t.kept
-                    masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
-                if self_train and (masks_t is None or masks_t.labels is None):
+                masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
+                kept = masks_t.kept
+                masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
+                if self_train and masks_t.labels is None:
                     # No SS-D selection to share: the same confidence selection, computed for self-training.
                     sel = confidence_select(pred_t.detach().float(), rho)
-                    pseudo, tau, kept = sel.labels, sel.tau, sel.counts
-                elif self_train:
-                    pseudo = masks_t.labels
-            loss_g = loss_seg
-            if self.discs.active:
-                self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
-                with self._autocast():
-                    loss_adv = self._normalized(self.discs.generator_terms(feat_t, masks_t))
-                loss_g = loss_seg + cfg.delta * loss_adv
+                    masks_t, tau, kept = masks_t._replace(labels=sel.labels), sel.tau, sel.counts
+            self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
+            with self._autocast():
+                loss_adv = self._normalized(self.discs.generator_terms(feat_t, masks_t))
+            loss_g = loss_seg + cfg.delta * loss_adv
             if self_train:
-                loss_st = self._normalized([self_training_term(pred_t, pseudo, tau if cfg.car else None)])
+                loss_st = self._normalized([self_training_term(pred_t, masks_t.labels, tau if cfg.car else None)])
                 loss_g = loss_g + cfg.self_training * loss_st
             self.scaler_g.scale(loss_g).backward()
+            self.discs.requires_grad_(True)  # discriminator step on detached features
             if self.discs.active:
-                self.discs.requires_grad_(True)  # discriminator step on detached features
                 with self._autocast():
                     terms = self.discs_ddp(feat_s.detach(), feat_t.detach(), masks_s, masks_t,
                                            split=self.dist.enabled)
