@@ -72,6 +72,11 @@ CLASS_SHIFT_ROWS: list[tuple[str, dict]] = [
 ]
 PRESETS = {"synthetic": (None, ROWS, "ablation_synthetic.md"),
            "class_shift": (CONFIGS / "synthetic_class_shift.yaml", CLASS_SHIFT_ROWS, "ablation_class_shift.md")}
+# The timing probe run before the ablation (same machine, two runs in parallel, seed 0) that fixed --iterations.
+PROBE = ("Iteration count from a timing probe before the first run: two runs in parallel (rows 5 and 7 for 40 "
+         "iterations: 42 and 45 s; rows 2 and 5 for 120 iterations: 55 and 60 s) give about 0.19 s per iteration "
+         "plus about 35 s of scene rendering and evaluation per run on this shared 2-core CPU; 600 iterations "
+         "(about 150 s per run) fit 9 settings x 3 seeds into 50 minutes with two workers.")
 REFERENCE_ROW = "global"  # paired differences per seed are taken against this row
 
 # The preset's config with fewer iterations (--iterations), without logs.
@@ -92,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="a few iterations on tiny scenes (for tests)")
     p.add_argument("--out", type=Path, help="default: benchmarks/results/ablation_<preset>.md")
     p.add_argument("--work-dir", type=Path, help="where the runs write their logs (default: a temporary folder)")
+    p.add_argument("--from-csv", type=Path, help="rewrite the table and plot from the CSV of a finished or cut-short "
+                   "run (same --preset, --seeds and --iterations) instead of training")
     args = p.parse_args(argv)
     config, args.rows_table, name = PRESETS[args.preset]
     args.config = config
@@ -218,6 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks/ablation_synthetic.py", *(sys.argv[1:] if argv is None else argv)])
     header = _design_header(args)
     results: dict[int, list] = {}
+    if args.from_csv is not None:
+        with args.from_csv.open(newline="") as f:
+            runs = list(csv.DictReader(f))
+        for r in runs:
+            results.setdefault(int(r["row"]), []).append((int(r["seed"]), float(r["miou"]),
+                                                          float(r["pixel_accuracy"]), float(r["seconds"])))
+        minutes = max(float(r["seconds"]) for r in runs) / 60 if runs else 0.0
+        old = args.from_csv.with_suffix(".md")
+        command = old.read_text().split("Command: `")[1].split("`")[0] if old.is_file() else command
+        total = old.read_text().split(" min in total")[0].rsplit(", ", 1)[1] if old.is_file() else f"{minutes:.1f}"
+        write_table(args.out, results, args, command, 60 * float(total), header)
+        plot = write_plot(args.out, results, args)
+        print(f"wrote {args.out}" + (f" and {plot}" if plot else ""))
+        return 0
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work_dir or Path(tmp)
@@ -264,7 +285,7 @@ def _design_header(args: argparse.Namespace) -> str | None:
             f"held-out target scenes; `{cfg.model}` segmenter {cfg.model_kwargs}, batch {cfg.batch_size}, lr "
             f"{cfg.lr}, SS-D channels {cfg.disc_channels}, strides {cfg.disc_strides} (16x32 features -> 4x8 "
             f"output cells), lr_d {cfg.lr_d}, delta {cfg.delta}, rho_upper {cfg.rho_upper}, self-training weight "
-            f"{SELF_TRAINING}. Paired Δ: the row's mIoU minus the global row's, seed by seed.\n")
+            f"{SELF_TRAINING}. Paired Δ: the row's mIoU minus the global row's, seed by seed.\n\n{PROBE}\n")
 
 
 if __name__ == "__main__":
