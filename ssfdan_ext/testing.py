@@ -25,10 +25,16 @@ def _paint(canvas: Tensor, cls: int, top: float, bottom: float, left: float, rig
     canvas[r0:r1, c0:c1] = cls
 
 
-def street_scene(height: int, width: int, gen: torch.Generator) -> Tensor:
-    """One (H, W) int64 street-like label map with the 19 Cityscapes classes and an IGNORE ego-vehicle strip."""
+def street_scene(height: int, width: int, gen: torch.Generator, horizon: tuple[float, float] = (0.38, 0.48),
+                 vehicles: tuple[int, int] = (2, 8), people: tuple[int, int] = (1, 6)) -> Tensor:
+    """One (H, W) int64 street-like label map with the 19 Cityscapes classes and an IGNORE ego-vehicle strip.
+
+    ``horizon`` is the range of the horizon's height (a fraction of H from the top: sky and buildings lie above
+    it), ``vehicles`` and ``people`` the ranges [lo, hi) of the number of vehicles and of people/riders; other
+    values give another label distribution from the same generator (the defaults draw exactly as before).
+    """
     canvas = torch.full((height, width), 10, dtype=torch.int64)  # sky
-    horizon = _rand(gen, 0.38, 0.48)
+    horizon = _rand(gen, *horizon)
     x = 0.0
     while x < 1.0:  # a skyline of buildings, walls and trees
         span = _rand(gen, 0.06, 0.2)
@@ -52,13 +58,13 @@ def street_scene(height: int, width: int, gen: torch.Generator) -> Tensor:
         top = _rand(gen, 0.15, horizon - 0.05)
         _paint(canvas, 5, top, horizon + _rand(gen, 0.05, 0.2), px, px + 0.006)
         _paint(canvas, 7 if _rand(gen, 0, 1) < 0.6 else 6, top - 0.03, top + 0.02, px - 0.012, px + 0.018)
-    for _ in range(int(torch.randint(2, 8, (), generator=gen))):  # vehicles on the road
+    for _ in range(int(torch.randint(*vehicles, (), generator=gen))):  # vehicles on the road
         y = _rand(gen, horizon + 0.05, 0.85)
         size = 0.05 + 0.25 * (y - horizon)
         cx = 0.5 + _rand(gen, -1, 1) * (0.08 + 0.5 * (y - horizon) / (1 - horizon))
         cls = [13, 13, 13, 14, 15, 16][int(torch.randint(0, 6, (), generator=gen))]
         _paint(canvas, cls, y - size, y, cx - size, cx + size)
-    for _ in range(int(torch.randint(1, 6, (), generator=gen))):  # people, riders and two-wheelers
+    for _ in range(int(torch.randint(*people, (), generator=gen))):  # people, riders and two-wheelers
         y = _rand(gen, horizon + 0.03, 0.8)
         size = 0.02 + 0.1 * (y - horizon)
         cx = _rand(gen, 0.05, 0.95)

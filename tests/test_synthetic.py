@@ -95,3 +95,108 @@ def test_source_only_model_degrades_on_target():
     assert res["source"].pixel_accuracy > 0.65  # it learned the source
     assert res["source"].miou - res["target"].miou > 0.05
     assert res["source"].pixel_accuracy - res["target"].pixel_accuracy > 0.08
+
+
+# --- shift="class": class-conditional appearance and label distribution shift -----------------------------------
+
+def _class_statistics(domain: str, shift: str, n: int = 48, size=(32, 64), seed: int = 3):
+    ds = SyntheticScenes(domain, 19, size, seed=seed, length=n, shift=shift)
+    hist, colour, count = torch.zeros(256), torch.zeros(19, 3), torch.zeros(19)
+    for i in range(n):
+        rgb, label = ds.render(i)
+        hist += torch.bincount(label.flatten(), minlength=256).float()
+        for c in range(19):
+            mask = label == c
+            colour[c] += rgb[:, mask].sum(1)
+            count[c] += mask.sum()
+    return hist[:19] / hist[:19].sum(), colour / count[:, None].clamp(min=1)
+
+
+def test_default_shift_is_unchanged():
+    # shift="none" is the default and the source domain is the same under both shifts, bit for bit.
+    for domain in ("source", "target"):
+        a, b = SyntheticScenes(domain, seed=5, length=2), SyntheticScenes(domain, seed=5, length=2, shift="none")
+        for i in range(2):
+            assert torch.equal(a.render(i)[0], b.render(i)[0]) and torch.equal(a.render(i)[1], b.render(i)[1])
+    a, b = SyntheticScenes("source", seed=5, length=2), SyntheticScenes("source", seed=5, length=2, shift="class")
+    assert torch.equal(a.render(1)[0], b.render(1)[0]) and torch.equal(a.render(1)[1], b.render(1)[1])
+    with pytest.raises(ValueError, match="shift"):
+        SyntheticScenes(shift="global")
+
+
+def test_class_shift_deterministic_per_seed():
+    make = lambda seed, shift_seed=0: SyntheticScenes("target", 13, (32, 64), seed=seed, length=2,  # noqa: E731
+                                                      shift="class", shift_seed=shift_seed)
+    a, b = make(4), make(4)
+    for i in range(2):
+        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+    assert not torch.equal(a[0][1], make(5)[0][1])
+    # The per-class transforms come from shift_seed alone: same layout, other colours.
+    other = make(4, shift_seed=1)
+    assert torch.equal(a[0][1], other[0][1]) and not torch.equal(a[0][0], other[0][0])
+
+
+def test_class_shift_swaps_colours_between_domains():
+    from ssfdan_ext.data.synthetic import CLASS_SHIFT
+
+    _, colour_s = _class_statistics("source", "class")
+    _, colour_t = _class_statistics("target", "class")
+    for a, b in CLASS_SHIFT["swaps"]:
+        for x, y in ((a, b), (b, a)):
+            # What x looks like in the source, y looks like in the target (0-255 scale; the illumination falls
+            # off from top to bottom, so classes at other heights differ by a few percent).
+            gap = float((colour_s[x] - colour_t[y]).norm())
+            assert gap < 30 and gap < 0.25 * float((colour_s[x] - colour_s[y]).norm()), (x, y, gap)
+            assert float((colour_s[x] - colour_t[x]).norm()) > 60  # and x itself looks different in the target
+
+
+def test_class_shift_changes_class_frequencies():
+    hist_s, _ = _class_statistics("source", "class", n=64)
+    hist_t, _ = _class_statistics("target", "class", n=64)
+    hist_none, _ = _class_statistics("target", "none", n=64)
+    # The target under shift="none" has the source's layouts; under shift="class" more vehicles and people and
+    # less sky and building (CLASS_SHIFT["target_layout"]).
+    assert float((hist_s - hist_none).abs().sum()) < 0.1
+    assert float((hist_s - hist_t).abs().sum()) > 0.15
+    vehicles, people = [13, 14, 15, 16, 17, 18], [11, 12]
+    assert float(hist_t[vehicles].sum()) > 1.5 * float(hist_s[vehicles].sum())
+    assert float(hist_t[people].sum()) > 1.5 * float(hist_s[people].sum())
+    assert float(hist_t[10]) < 0.9 * float(hist_s[10]) and float(hist_t[2]) < 0.9 * float(hist_s[2])
+
+
+def test_driver_config_selects_the_class_shift(tmp_path):
+    from pathlib import Path
+
+    from ssfdan_ext.train import ConfigError, from_dict, load_config
+    from ssfdan_ext.train.data import build_datasets
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = load_config(root / "configs" / "synthetic_class_shift.yaml")
+    assert cfg.synthetic_shift == "class" and cfg.source_size == [128, 256]
+    from ssfdan_ext.reference import ssd_output_size
+
+    assert ssd_output_size(16, 32, cfg.disc_strides) >= (4, 8)  # 16x32 feature cells at output stride 8
+    small = from_dict({"source_size": [32, 64], "target_size": [32, 64], "val_size": [32, 64],
+                       "synthetic_length": 2, "val_length": 2}, cfg)
+    source, target, val = build_datasets(small)
+    assert (source.dataset.domain, target.dataset.domain, val.dataset.domain) == ("source", "target", "target")
+    assert target.dataset.shift == val.dataset.shift == "class"
+    # source_split: target trains on the labelled target training scenes (the upper bound of the ablation).
+    upper = build_datasets(from_dict({"source_split": "target"}, small))[0]
+    assert torch.equal(upper[1][0], target[1][0]) and torch.equal(upper[1][1], target[1][1])
+    with pytest.raises(ConfigError, match="synthetic_shift"):
+        from_dict({"synthetic_shift": "global"}, cfg)
+
+
+def test_domain_grid_script(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "plot_synthetic_domains.py"
+    spec = importlib.util.spec_from_file_location("plot_synthetic_domains", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "grid.png"
+    assert module.main(["--size", "32", "64", "--columns", "2", "--frequency-scenes", "4", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import IGNORE, adversarial_loss, confidence_select, discriminator_loss, mode_downsample
@@ -183,3 +184,21 @@ class Discriminators(nn.Module):
             else:
                 terms.append(LossTerm("global", discriminator_loss(out_s, out_t), _cells(out_t.labels)))
         return terms
+
+
+def self_training_term(logits: Tensor, labels: Tensor, tau: Tensor | None) -> LossTerm:
+    """Self-training on the target's kept pseudo labels (beyond the paper): cross-entropy per kept pixel,
+    weighted by the CA-R weight of its pseudo class, summed and divided by the number of kept pixels.
+
+    ``tau=None`` weights every kept pixel by 1. Few confident pixels of a class mean a small tau (paper eq. 3),
+    so the weights damp the classes whose pseudo labels the selection trusts least.
+
+    Shapes: logits (B, C, H, W) at the size of labels (B, H, W) (IGNORE where not kept); tau (B, C) or None.
+    """
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="none")  # 0 where IGNORE
+    kept = labels != IGNORE
+    if tau is not None:
+        index = torch.where(kept, labels, torch.zeros_like(labels)).flatten(1)
+        ce = ce * tau.to(ce.dtype).gather(1, index).view_as(ce) * kept
+    count = kept.sum()
+    return LossTerm("self_training", ce.sum() / count.clamp(min=1), count)

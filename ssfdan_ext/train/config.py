@@ -16,6 +16,7 @@ from pathlib import Path
 
 ADAPTATIONS = ("none", "global", "soft", "soft+global", "ssd", "ssd+global")
 SOURCE_MASKS = ("prediction", "ground_truth")
+SYNTHETIC_SHIFTS = ("none", "class")
 AMP_MODES = ("off", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 DISC_BACKENDS = ("auto", "reference", "grouped", "fused")
@@ -48,6 +49,8 @@ class TrainConfig:
     synthetic_length: int = 512
     val_length: int = 100
     data_seed: int = 0
+    synthetic_shift: str = "none"
+    synthetic_shift_seed: int = 0
     num_workers: int = 4
     # segmenter
     model: str = "deeplabv2_resnet101"
@@ -65,6 +68,7 @@ class TrainConfig:
     disc_channels: list[int] = field(default_factory=lambda: [1024, 512, 256, 128])
     disc_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2, 2])
     disc_backend: str = "auto"
+    self_training: float = 0.0
     # optimisation (SPEC section 7)
     iterations: int = 120000
     batch_size: int = 1
@@ -86,6 +90,7 @@ class TrainConfig:
     val_every: int = 5000
     val_batch_size: int = 1
     save_images: int = 4
+    sample_figure: int = 4
     checkpoint_every: int = 5000
     keep_last: int = 3
     resume: bool = False
@@ -183,6 +188,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice("amp", cfg.amp, AMP_MODES)
     _choice("device", cfg.device, DEVICES)
     _choice("disc_backend", cfg.disc_backend, DISC_BACKENDS)
+    _choice("synthetic_shift", cfg.synthetic_shift, SYNTHETIC_SHIFTS)
     _choice("model", cfg.model, tuple(sorted(MODELS)))
     _choice("source", cfg.source, tuple(sorted(DATASETS)))
     _choice("target", cfg.target, tuple(sorted(DATASETS)))
@@ -191,13 +197,14 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in positive:
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
-    for key in ("val_every", "checkpoint_every", "keep_last", "num_workers", "save_images", "threads"):
+    for key in ("val_every", "checkpoint_every", "keep_last", "num_workers", "save_images", "sample_figure",
+                "threads"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be 0 or more, got {getattr(cfg, key)}")
     for key in ("lr", "lr_d", "power", "head_lr_mult"):
         if not getattr(cfg, key) > 0:
             raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    for key in ("delta", "weight_decay", "momentum"):
+    for key in ("delta", "weight_decay", "momentum", "self_training"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{key} must be 0 or more, got {getattr(cfg, key)}")
     if not 0 < cfg.rho_upper <= 1:

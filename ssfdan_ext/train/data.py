@@ -84,15 +84,18 @@ def build_datasets(cfg: TrainConfig, normalization: str = "imagenet") -> tuple[D
     """(source, target, validation) datasets; synthetic ones are rendered once and cached.
 
     Validation uses the target domain with its labels (held-out scenes for the synthetic domains) at
-    ``val_size`` with labels at full resolution.
+    ``val_size`` with labels at full resolution. For synthetic data ``source_split: target`` makes the labelled
+    training set the target's training scenes (a target-supervised upper bound).
 
     Shapes: items (image (3, H, W), label (H, W), name).
     """
     def make(name: str, root: str | None, split: str, size, domain: str | None, **extra):
         kwargs: dict = {"num_classes": cfg.num_classes, "normalization": normalization, **extra}
         if name == "synthetic":
-            kwargs.update(size=size or (64, 128), domain=domain, seed=cfg.data_seed + (1000 if split == "val" else 0),
-                          length=cfg.val_length if split == "val" else cfg.synthetic_length)
+            kwargs.update(size=size or (64, 128), domain="target" if split == "target" else domain,
+                          seed=cfg.data_seed + (1000 if split == "val" else 0),
+                          length=cfg.val_length if split == "val" else cfg.synthetic_length,
+                          shift=cfg.synthetic_shift, shift_seed=cfg.synthetic_shift_seed)
             return CachedDataset(build_dataset(name, None, split, **kwargs))
         if name == "crosscity":
             kwargs["city"] = cfg.city or "Rome"

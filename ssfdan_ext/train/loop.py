@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import IGNORE, rho_schedule
+from .. import IGNORE, confidence_select, rho_schedule
 from ..evaluate import EvalResult, colorize, evaluate, iou_table, write_iou_table
 from ..models import build_model, load_pretrained
 from . import distributed as D
-from .adapt import Discriminators, LossTerm
+from .adapt import Discriminators, LossTerm, self_training_term
 from .checkpoint import CheckpointManager, rng_state, set_rng_state
 from .config import ConfigError, TrainConfig, pretrained_warning, validate
 from .data import StreamBatchSampler, build_datasets, loader
@@ -137,7 +137,8 @@ class Trainer:
                                        self.dist.world_size, self.start) for k, ds in enumerate((self.source,
                                                                                                 self.target))]
         self.source_iter = loader(self.source, samplers[0], cfg.num_workers)
-        self.target_iter = loader(self.target, samplers[1], cfg.num_workers) if self.discs.active else None
+        self.target_iter = (loader(self.target, samplers[1], cfg.num_workers)
+                            if self.discs.active or cfg.self_training > 0 else None)
         main = self.dist.is_main
         self.csv = CsvLog(self.out_dir / "train.csv", self.start if cfg.resume else None) if main else None
         self.tb = TensorBoard(self.out_dir / "tensorboard", cfg.tensorboard and main,
@@ -209,7 +210,8 @@ class Trainer:
 
     # --- one iteration ----------------------------------------------------------------------------------------
     def _normalized(self, terms: list[LossTerm]) -> Tensor:
-        return sum(D.global_normalize(t.loss, t.count, self.dist) for t in terms)
+        # Starting from a zero tensor: no terms (no discriminator, self-training alone) is a 0 loss, and 0 + x == x.
+        return sum((D.global_normalize(t.loss, t.count, self.dist) for t in terms), torch.zeros((), device=self.device))
 
     def step(self, it: int) -> dict:
         """Iteration ``it`` (SPEC section 5); returns the CSV row (losses averaged over the global batch)."""
@@ -229,9 +231,10 @@ class Trainer:
             count_s = (lbl_s != IGNORE).sum()
             loss_seg = F.cross_entropy(pred_s.float(), lbl_s, ignore_index=IGNORE, reduction="sum")
             loss_seg = D.global_normalize(loss_seg / count_s.clamp(min=1), count_s, self.dist)
-        loss_adv = loss_d = torch.zeros((), device=dev)
+        loss_adv = loss_d = loss_st = torch.zeros((), device=dev)
         tau = kept = None
-        if not self.discs.active:
+        self_train = cfg.self_training > 0
+        if not self.discs.active and not self_train:
             self.scaler_g.scale(loss_seg).backward()
         else:
             img_t = next(self.target_iter)[0].to(dev, non_blocking=True)
@@ -244,15 +247,25 @@ class Trainer:
                 masks_t, tau = self.discs.target_masks(pred_t.detach(), rho, tuple(feat_t.shape[-2:]))
                 kept = masks_t.kept
                 masks_s = self.discs.source_masks(pred_s.detach(), lbl_s, rho, tuple(feat_s.shape[-2:]))
+                if self_train and masks_t.labels is None:
+                    # No SS-D selection to share: the same confidence selection, computed for self-training.
+                    sel = confidence_select(pred_t.detach().float(), rho)
+                    masks_t, tau, kept = masks_t._replace(labels=sel.labels), sel.tau, sel.counts
             self.discs.requires_grad_(False)  # generator step: the discriminators are fixed
             with self._autocast():
                 loss_adv = self._normalized(self.discs.generator_terms(feat_t, masks_t))
-            self.scaler_g.scale(loss_seg + cfg.delta * loss_adv).backward()
+            loss_g = loss_seg + cfg.delta * loss_adv
+            if self_train:
+                loss_st = self._normalized([self_training_term(pred_t, masks_t.labels, tau if cfg.car else None)])
+                loss_g = loss_g + cfg.self_training * loss_st
+            self.scaler_g.scale(loss_g).backward()
             self.discs.requires_grad_(True)  # discriminator step on detached features
-            with self._autocast():
-                terms = self.discs_ddp(feat_s.detach(), feat_t.detach(), masks_s, masks_t, split=self.dist.enabled)
-                loss_d = self._normalized(terms)
-            self.scaler_d.scale(loss_d).backward()
+            if self.discs.active:
+                with self._autocast():
+                    terms = self.discs_ddp(feat_s.detach(), feat_t.detach(), masks_s, masks_t,
+                                           split=self.dist.enabled)
+                    loss_d = self._normalized(terms)
+                self.scaler_d.scale(loss_d).backward()
         lrs = (self.opt_g.param_groups[0]["lr"], self.opt_d.param_groups[0]["lr"] if self.opt_d is not None else 0.0)
         self.scaler_g.step(self.opt_g)
         self.scaler_g.update()
@@ -265,13 +278,14 @@ class Trainer:
         # losses are exactly 0 at first and a user should see how many pixels carry them.
         kept_total = kept.sum().float() if kept is not None else torch.zeros((), device=dev)
         logged = D.mean_over_ranks(torch.stack([loss_seg.detach().float(), loss_adv.detach().float(),
-                                                loss_d.detach().float(), kept_total]), self.dist).tolist()
-        losses = logged[:3]
+                                                loss_d.detach().float(), kept_total, loss_st.detach().float()]),
+                                   self.dist).tolist()
+        losses = logged[:3] + logged[4:5]
         # The losses are on the host already (for the log): a diverged run stops here, before it is checkpointed.
-        check_finite_losses(("loss_seg", "loss_adv", "loss_d"), losses, it, self.ckpt.latest)
+        check_finite_losses(("loss_seg", "loss_adv", "loss_d", "loss_st"), losses, it, self.ckpt.latest)
         row = {"iteration": it, "loss_seg": losses[0], "loss_adv": losses[1], "loss_d": losses[2],
                "rho": float(rho), "lr": lrs[0], "lr_d": lrs[1],
-               "kept_pixels": int(round(logged[3] * self.dist.world_size))}
+               "kept_pixels": int(round(logged[3] * self.dist.world_size)), "loss_st": losses[3]}
         self._tau, self._kept = tau, kept
         return row
 
@@ -302,10 +316,19 @@ class Trainer:
         self.model.train(was)
         return images
 
+    def _write_figure(self) -> None:
+        from .figure import save_target_samples
+
+        path = save_target_samples(self.model, self.val, self.out_dir / "target_samples.png", self.cfg.sample_figure,
+                                   self.cfg.num_classes, self.val.class_names, self.device,
+                                   getattr(self.model, "normalization", "imagenet"))
+        print(f"wrote {min(self.cfg.sample_figure, len(self.val))} held-out target scenes (image | ground truth | "
+              f"prediction) to {path}")
+
     def _log(self, row: dict, progress: Progress) -> None:
         it = row["iteration"]
         self.csv.write(row)
-        show = {k: row[k] for k in ("loss_seg", "loss_adv", "loss_d")}
+        show = {k: row[k] for k in ("loss_seg", "loss_adv", "loss_d", "loss_st")}
         progress.update({**show, "rho": row["rho"], "kept": row["kept_pixels"]})
         if (it + 1) % self.cfg.log_every == 0:
             self.tb.scalars({f"loss/{k[5:]}": v for k, v in show.items()}, it + 1)
@@ -356,6 +379,8 @@ class Trainer:
             self._check_finite_weights(cfg.iterations)
             save_checkpoint(self.model, self.out_dir / "final.pt", iteration=cfg.iterations)
             write_iou_table(result.iou, result.class_names, self.out_dir / "iou")
+            if cfg.sample_figure:
+                self._write_figure()
             print(f"target-domain IoU after {cfg.iterations} iterations ({cfg.adaptation}, {cfg.name}):")
             print(iou_table(result.iou, result.class_names), end="", flush=True)
         D.barrier(self.dist)
@@ -374,7 +399,8 @@ class Trainer:
 
 # Keys that must not change when a run is resumed: they define the model, the data stream or the schedule.
 _RESUME_KEYS = ("num_classes", "model", "model_kwargs", "adaptation", "disc_channels", "disc_strides", "iterations",
-                "batch_size", "seed", "data_seed", "source", "target", "amp", "power")
+                "batch_size", "seed", "data_seed", "source", "target", "amp", "power", "synthetic_shift",
+                "synthetic_shift_seed")
 
 
 def _check_resumable(cfg: TrainConfig, world_size: int, state: dict, path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from torch import Tensor
 
-CSV_FIELDS = ("iteration", "loss_seg", "loss_adv", "loss_d", "rho", "lr", "lr_d", "kept_pixels", "seconds")
+CSV_FIELDS = ("iteration", "loss_seg", "loss_adv", "loss_d", "rho", "lr", "lr_d", "kept_pixels", "loss_st", "seconds")
 
 
 class CsvLog:
