@@ -173,9 +173,9 @@ def test_driver_config_selects_the_class_shift(tmp_path):
     root = Path(__file__).resolve().parent.parent
     cfg = load_config(root / "configs" / "synthetic_class_shift.yaml")
     assert cfg.synthetic_shift == "class" and cfg.source_size == [128, 256]
-    from ssfdan_ext.reference import ssd_output_size
+    from ssfdan_ext.geometry import output_size
 
-    assert ssd_output_size(16, 32, cfg.disc_strides) >= (4, 8)  # 16x32 feature cells at output stride 8
+    assert output_size(16, 32, cfg.disc_strides) >= (4, 8)  # 16x32 feature cells at output stride 8
     small = from_dict({"source_size": [32, 64], "target_size": [32, 64], "val_size": [32, 64],
                        "synthetic_length": 2, "val_length": 2}, cfg)
     source, target, val = build_datasets(small)
