@@ -46,7 +46,11 @@ ZERO_SIZE_CASES = {
     "routed_conv1x1 h=0": lambda: ops.routed_conv1x1(*_routed_args(h=0)),
     "routed_conv1x1 w=0": lambda: ops.routed_conv1x1(*_routed_args(w=0)),
     "routed_conv1x1 m=0": lambda: ops.routed_conv1x1(*_routed_args(m=0)),
+    "routed_layer1_dense B=0": lambda: ops.routed_layer1_dense(*_routed_args(B=0)),
     "routed_layer1_dense n=0": lambda: ops.routed_layer1_dense(*_routed_args(n=0)),
+    "routed_layer1_dense h=0": lambda: ops.routed_layer1_dense(*_routed_args(h=0)),
+    "routed_layer1_dense w=0": lambda: ops.routed_layer1_dense(*_routed_args(w=0)),
+    "routed_layer1_dense m=0": lambda: ops.routed_layer1_dense(*_routed_args(m=0)),
     "sparse_conv3x3 T=0": lambda: ops.sparse_conv3x3(*_conv_args(T=0, P=0)),
     "sparse_conv3x3 m_in=0": lambda: ops.sparse_conv3x3(*_conv_args(mi=0)),
     "sparse_conv3x3 m_out=0": lambda: ops.sparse_conv3x3(*_conv_args(mo=0)),
@@ -58,6 +62,20 @@ ZERO_SIZE_CASES = {
         torch.randn(0, 4, 4, 4), _labels(0, 8, 8)),
     "SeparatedDiscriminator h=0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4))(
         torch.randn(1, 4, 0, 4), _labels(1, 8, 8)),
+    "SeparatedDiscriminator w=0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4))(
+        torch.randn(1, 4, 4, 0), _labels(1, 8, 8)),
+    "SeparatedDiscriminator n=0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4))(
+        torch.randn(1, 0, 4, 4), _labels(1, 8, 8)),
+    "SeparatedDiscriminator labels H=0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4))(
+        torch.randn(1, 4, 4, 4), _labels(1, 0, 8)),
+    "SeparatedDiscriminator.plan B=0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4)).plan(
+        _labels(0, 8, 8), (4, 4)),
+    "SeparatedDiscriminator.plan size 0": lambda: sd.SeparatedDiscriminator(C, 4, (4, 4, 4, 4)).plan(
+        _labels(1, 8, 8), (0, 4)),
+    "GlobalDiscriminator B=0": lambda: GlobalDiscriminator(4, (4, 4, 4, 4))(torch.randn(0, 4, 4, 4)),
+    "adversarial_loss h'=0": lambda: sd.adversarial_loss(DiscriminatorOutput(torch.randn(1, 1, 0, 2),
+                                                                             _labels(1, 0, 2))),
+    "domain_loss B=0": lambda: sd.domain_loss(DiscriminatorOutput(torch.randn(0, 1, 2, 2), _labels(0, 2, 2)), 1),
     "adversarial_loss B=0": lambda: sd.adversarial_loss(DiscriminatorOutput(torch.randn(0, 1, 2, 2),
                                                                             _labels(0, 2, 2))),
     "discriminator_loss B=0": lambda: sd.discriminator_loss(

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry import KERNELS, PADDINGS, output_size
-from .._checks import as_finite_float, check_floating, check_labels, check_layer_shapes, check_num_classes, check_tensor
+from .._checks import as_finite_float, check_floating, check_labels, check_layer_shapes, check_nonempty
+from .._checks import check_num_classes, check_tensor
 from ..types import IGNORE, DiscriminatorOutput
 
 
@@ -26,6 +27,7 @@ def _check_features(features: object, in_channels: int, weight: Tensor) -> Tenso
     check_floating(features, "features")
     if features.shape[1] != in_channels:
         raise ValueError(f"features must have in_channels={in_channels} channels, got shape {tuple(features.shape)}")
+    check_nonempty(features, "features", "(B, n, h, w)")
     if features.device != weight.device:
         raise ValueError(f"features are on {features.device}, the discriminator on {weight.device}")
     return features
