@@ -61,7 +61,8 @@ def _meta(*shape, dtype=torch.float32):
 def routed_launches(widths, dtype) -> list[tuple[str, tuple]]:
     """Layer 1 at a 65x129 feature map (the paper's 512x1024 crops): forward and full backward."""
     n, m, (h, w) = widths[0], widths[1], (65, 129)
-    features, weight, bias = _meta(1, n, h, w, dtype=dtype), _meta(C * m, n, 1, 1, dtype=dtype), _meta(C * m, dtype=dtype)
+    features, weight = _meta(1, n, h, w, dtype=dtype), _meta(C * m, n, 1, 1, dtype=dtype)
+    bias = _meta(C * m, dtype=dtype)
     labels = _meta(1, h, w, dtype=torch.int64)
     out = record(routed_conv1x1, routed_conv1x1.routed_conv1x1_forward, features, labels, weight, bias, C)
     out += record(routed_conv1x1, routed_conv1x1.routed_conv1x1_backward, _meta(h * w, m, dtype=dtype), features,

@@ -1,7 +1,8 @@
 """Launch configurations of the Triton kernels and the one launch path they share.
 
 ``kernel_config(kernel, m_in, m_out, dtype, precision)`` picks the tile sizes, warps and pipeline stages of one
-kernel for one layer shape; ``describe_configs(widths, dtype)`` lists the choice for a whole SS-D (what the benchmarks log).
+kernel for one layer shape; ``describe_configs(widths, dtype)`` lists the choice for a whole SS-D (what the
+benchmarks log).
 ``launch`` runs a kernel on its tensors' device, with the TF32 policy and the interpreter guard applied.
 
 Why these numbers (registers and spills from ptxas -v on sm_90 cubins, ``tests/triton_aot.py``): with four warps
