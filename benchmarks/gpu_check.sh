@@ -36,7 +36,7 @@ pack() {
     && mv "$OUT/gpu_check.tar.gz.part" "$OUT/gpu_check.tar.gz"
 }
 trap 'echo "gpu_check: interrupted after $((SECONDS - START))s" >> "$SUMMARY"; pack; exit 130' INT TERM
-trap 'pack' EXIT
+trap 'pack; rm -rf "$WORK"' EXIT  # everything is in the archive by then
 
 selected() {  # env and build always run; another step when no step is named or it is
   [ "$1" = env ] || [ "$1" = build ] || [ -z "${SELECTED// /}" ] || [[ "$SELECTED" == *" $1 "* ]]
