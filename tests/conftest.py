@@ -88,4 +88,6 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     package with its compiled extension in CI, the checkout during development), never a source tree without it."""
     package_root = str(Path(ssfdan_ext.__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    # PYTHONSAFEPATH: `python -m` would otherwise put the working directory (the checkout, when pytest runs from
+    # it) before PYTHONPATH, and import the source tree without its compiled extension.
+    return {**os.environ, "PYTHONPATH": path, "PYTHONSAFEPATH": "1", **extra}
