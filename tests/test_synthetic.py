@@ -10,8 +10,8 @@ from ssfdan_ext.evaluate import evaluate
 from ssfdan_ext.models import build_model
 
 
-def _statistics(domain: str, n: int = 64, seed: int = 3):
-    ds = SyntheticScenes(domain, 19, (32, 64), seed=seed, length=n)
+def _statistics(domain: str, n: int = 64, seed: int = 3, shift: str = "none", size=(32, 64)):
+    ds = SyntheticScenes(domain, 19, size, seed=seed, length=n, shift=shift)
     hist, colour, count, edges = torch.zeros(256), torch.zeros(19, 3), torch.zeros(19), []
     for i in range(n):
         rgb, label = ds.render(i)
@@ -100,16 +100,9 @@ def test_source_only_model_degrades_on_target():
 # --- shift="class": class-conditional appearance and label distribution shift -----------------------------------
 
 def _class_statistics(domain: str, shift: str, n: int = 48, size=(32, 64), seed: int = 3):
-    ds = SyntheticScenes(domain, 19, size, seed=seed, length=n, shift=shift)
-    hist, colour, count = torch.zeros(256), torch.zeros(19, 3), torch.zeros(19)
-    for i in range(n):
-        rgb, label = ds.render(i)
-        hist += torch.bincount(label.flatten(), minlength=256).float()
-        for c in range(19):
-            mask = label == c
-            colour[c] += rgb[:, mask].sum(1)
-            count[c] += mask.sum()
-    return hist[:19] / hist[:19].sum(), colour / count[:, None].clamp(min=1)
+    """Class frequencies among the labelled pixels and the mean colour of each class."""
+    hist, colour, _ = _statistics(domain, n, seed, shift, size)
+    return hist[:19] / hist[:19].sum(), colour
 
 
 def test_default_shift_is_unchanged():
