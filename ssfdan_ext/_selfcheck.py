@@ -191,14 +191,6 @@ def check_routed_conv1x1(device: str, dtype: torch.dtype, impl: str | None, gen:
     return cmp
 
 
-def _gathered_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """The sparse layer's definition: ``out[p] = b_c + sum_t W_c[:, :, t] table[taps[p, t]]`` for class c's pairs."""
-    mo, mi = weight.shape[0] // C, weight.shape[1]
-    cls = torch.searchsorted(offsets[1:], torch.arange(taps.shape[0]), right=True)
-    w = weight.reshape(C, mo, mi, 9)[cls]
-    return torch.einsum("ptk,pokt->po", table[taps], w) + bias.view(C, mo)[cls]
-
-
 def check_sparse_conv3x3(device: str, dtype: torch.dtype, impl: str | None, gen: torch.Generator) -> Comparison:
     cmp = Comparison()
     tol = TOLERANCES[dtype]
@@ -214,7 +206,7 @@ def check_sparse_conv3x3(device: str, dtype: torch.dtype, impl: str | None, gen:
         leaves = _leaves(inputs, dtype, device)
         out = ops.sparse_conv3x3(leaves[0], taps.to(device), offsets.to(device), *leaves[1:], impl=impl)
         ref_leaves = _leaves([_rounded(t, dtype) for t in inputs], torch.float32, "cpu")
-        ref = _gathered_conv3x3(ref_leaves[0], taps, offsets, *ref_leaves[1:])
+        ref = reference.sparse_conv3x3(ref_leaves[0], taps, offsets, *ref_leaves[1:])
         cmp.close(f"{kind} forward", out, ref, tol)
         grads, ref_grads = _grads(out, leaves, upstream), _grads(ref, ref_leaves, upstream)
         # The table's last row is the SS-D's zero row: its gradient is 0 by contract (ops.sparse_conv3x3).
@@ -240,8 +232,8 @@ def _ssd_parameters(gen: torch.Generator) -> tuple[list[Tensor], list[Tensor]]:
 
 def check_sparse_ssd_rulebook(device: str, dtype: torch.dtype, impl: str | None,
                               gen: torch.Generator) -> Comparison:
-    """The rulebook is right when the sparse evaluation that reads it equals the reference SS-D in float64 (a wrong
-    or missing tap changes the logits or a gradient); on a GPU it must also equal the CPU's rulebook."""
+    """The rulebook equals the reference's set-by-set construction, and the sparse evaluation that reads it equals
+    the reference SS-D in float64 (logits and every gradient)."""
     cmp = Comparison()
     from .ops.sparse_ssd import sparse_ssd_forward
 
@@ -249,14 +241,13 @@ def check_sparse_ssd_rulebook(device: str, dtype: torch.dtype, impl: str | None,
         labels = _labels(kind, 2, 28, 36, gen, k=4)
         lf, lo = _label_maps(labels, 7, 9)
         rb = ops.sparse_ssd_rulebook(lf.to(device), lo.to(device), C, STRIDES[1:])
-        if device != "cpu":
-            cpu = ops.sparse_ssd_rulebook(lf, lo, C, STRIDES[1:])
-            for name, a, e in zip(("lf_masked", "out_index"), (rb.lf_masked, rb.out_index),
-                                  (cpu.lf_masked, cpu.out_index)):
-                cmp.exact(f"{kind} {name} vs cpu", a, e)
-            for layer in range(4):
-                cmp.exact(f"{kind} taps[{layer}] vs cpu", rb.taps[layer], cpu.taps[layer])
-                cmp.exact(f"{kind} offsets[{layer}] vs cpu", rb.offsets[layer], cpu.offsets[layer])
+        # The set-by-set construction of the reference, exactly (on a GPU this also checks the CUDA rulebook).
+        lf_masked, taps, offsets, out_index = reference.sparse_ssd_rulebook(lf, lo, C, STRIDES[1:])
+        cmp.exact(f"{kind} lf_masked", rb.lf_masked, lf_masked)
+        cmp.exact(f"{kind} out_index", rb.out_index, out_index)
+        for layer in range(4):
+            cmp.exact(f"{kind} taps[{layer}]", rb.taps[layer], taps[layer])
+            cmp.exact(f"{kind} offsets[{layer}]", rb.offsets[layer], offsets[layer])
         weights, biases = _ssd_parameters(gen)
         inputs = [_values("random", (2, N, 7, 9), gen), *weights, *biases]
         upstream = _values("random", (2, 1, *lo.shape[1:]), gen)
