@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._checks import check_finite, check_floating, check_labels, check_nonempty, check_num_classes
 from ._checks import check_rho, check_size, check_tensor
-from .geometry import PADDINGS, output_size
+from .geometry import PADDINGS, layer_sizes, output_size
 from .types import IGNORE, DiscriminatorOutput, Selection
 
 
@@ -206,9 +206,7 @@ def _explicit_sets(lf: Tensor, lo: Tensor, C: int, strides: Sequence[int]) -> tu
     cells labelled c; N_l: the cells inside the footprint of a cell of N_{l+1}.
     """
     B, h, w = lf.shape
-    sizes = [(h, w)]
-    for s in strides:
-        sizes.append(((sizes[-1][0] - 1) // s + 1, (sizes[-1][1] - 1) // s + 1))
+    sizes = layer_sizes(h, w, (1, *strides))  # layers 1-5: the input grid of layers 2-5, then the output grid
     active = [{(int(lf[b, y, x]), b, y, x) for b in range(B) for y in range(h) for x in range(w)
                if lf[b, y, x] != IGNORE}]
     for s, (ph, pw), (oh, ow) in zip(strides, sizes, sizes[1:]):

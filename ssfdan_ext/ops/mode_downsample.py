@@ -6,6 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from .. import reference
 from .._checks import check_nonempty, check_num_classes, check_size, check_tensor
 from .._ext import has_compiled_ops, use_reference
 
@@ -34,9 +35,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     num_classes = check_num_classes(num_classes)
     check_nonempty(labels, "labels", "(B, H, W)")
     h, w = check_size(size, labels)
-    if use_reference("mode_downsample", labels.device):
-        from .. import reference  # the documented fallback (ssfdan_ext._ext.use_reference)
-
+    if use_reference("mode_downsample", labels.device):  # the documented fallback
         return reference.mode_downsample(labels, (h, w), num_classes)
     # The kernels validate the label values while they read them (no extra pass, no extra host sync).
     return torch.ops.ssfdan_ext.mode_downsample(labels, h, w, num_classes)
