@@ -1,6 +1,7 @@
 """Loading of the compiled extension ssfdan_ext._C and reports of what it contains."""
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
@@ -33,6 +34,7 @@ def build_info() -> dict[str, Any]:
     return info
 
 
+@functools.cache  # fixed at build time; asked on every op call on a GPU (use_reference)
 def has_cuda_kernels() -> bool:
     """True when the extension was compiled with its CUDA kernels (no GPU is needed to ask)."""
     return bool(build_info()["cuda"])
