@@ -63,9 +63,13 @@ def check_labels(labels: object, name: str, num_classes: int) -> Tensor:
         raise TypeError(f"{name} must be int64, got {labels.dtype}")
     if labels.numel():
         bad = (labels < 0) | ((labels >= num_classes) & (labels != IGNORE))
-        if bool(bad.any()):
-            value = int(labels[bad][0])
-            raise ValueError(f"{name} must lie in [0, {num_classes}) or equal {IGNORE} (IGNORE), found {value}")
+        message = f"{name} must lie in [0, {num_classes}) or equal {IGNORE} (IGNORE)"
+        if torch.compiler.is_compiling():
+            # A host read would end the graph here: the check runs on the device instead and fails the call
+            # with a RuntimeError carrying this message.
+            torch._assert_async(~bad.any(), message)
+        elif bool(bad.any()):
+            raise ValueError(f"{message}, found {int(labels[bad][0])}")
     return labels
 
 
@@ -93,7 +97,11 @@ def check_rho(rho: object, name: str = "rho") -> float:
 
 
 def check_finite(x: Tensor, name: str) -> None:
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if not x.numel():
+        return
+    if torch.compiler.is_compiling():  # as in check_labels: a device-side check instead of a graph break
+        torch._assert_async(torch.isfinite(x).all(), f"{name} contains NaN or Inf values")
+    elif not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
 
 
@@ -128,3 +136,14 @@ def check_layer_shapes(in_channels: int, channels: Sequence[int], strides: Seque
     if len(strides) != 5 or strides[0] != 1 or any(s not in (1, 2) for s in strides[1:]):
         raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
     return widths, strides
+
+
+def once_differentiable(grad_op, name: str) -> None:
+    """Give the backward op ``grad_op`` of ``name`` an autograd formula that refuses a double backward with a
+    clear error (its kernels are not differentiable; a silent zero would be wrong)."""
+
+    def refuse(ctx, *grads):
+        raise RuntimeError(f"{name} can be differentiated once: its backward kernels are not differentiable "
+                           f"(trying to differentiate twice)")
+
+    grad_op.register_autograd(refuse, setup_context=lambda ctx, inputs, output: None)

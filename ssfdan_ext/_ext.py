@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from typing import Any
 
 import torch
+from torch import Tensor
 
 try:
     from . import _C  # noqa: F401  (importing it registers the torch.ops.ssfdan_ext operators)
@@ -76,3 +78,39 @@ def use_reference(op: str, device: torch.device) -> bool:
                       "Rebuild with `pip install --no-build-isolation .` for the compiled kernels.", RuntimeWarning,
                       stacklevel=3)
     return True
+
+
+IMPLEMENTATIONS = ("auto", "aten", "triton")  # the ``impl`` argument of the routed and sparse ops
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton imports (it ships with CUDA builds of torch); the GPU path needs it."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def check_impl(impl: object, x: Tensor, name: str) -> None:
+    """``impl`` is one of :data:`IMPLEMENTATIONS`; ``"triton"`` on CPU tensors needs the interpreter."""
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "triton" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got {name} on "
+                         f"{x.device}")
+    if not use_triton(x, impl):
+        require_compiled(f"impl={impl!r} on {x.device.type} tensors")
+
+
+def use_triton(x: Tensor, impl: str) -> bool:
+    """Whether an op with input ``x`` and ``impl`` runs its Triton kernels rather than the compiled ATen code.
+
+    ``auto`` leaves CUDA tensors to the ATen kernels under ``TRITON_INTERPRET=1``: the interpreter computes on the
+    host and would take hours on them (``impl="triton"`` is refused there with a clear error instead)."""
+    if impl == "triton":
+        return True
+    return (impl == "auto" and x.is_cuda and x.dtype in _TRITON_DTYPES and triton_available()
+            and os.environ.get("TRITON_INTERPRET") != "1")

@@ -7,8 +7,7 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DEVICES, TRITON_REQUIRED, assert_close_scaled, require_triton
-from test_triton_configs import run_triton_aot
+from conftest import run_triton_aot, DEVICES, TRITON_REQUIRED, assert_close_scaled, require_triton
 
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense
@@ -126,12 +125,40 @@ def test_non_contiguous_inputs():
     assert_close_scaled(got.rows, expected.rows, "rows")
 
 
-def test_opcheck():
-    features, labels, weight, bias = _case(B=2, C=3)
-    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_forward, (features, labels, weight, bias, 3))
-    rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, 3)
-    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward,
-                          (torch.randn_like(rows), features, weight, order, offsets, [True, True, True]))
+def sample_inputs(device="cpu", dtype=torch.float32, requires_grad=False):
+    """(features, labels, weight, bias, C) cases: several classes with IGNORE cells, an absent class, one class."""
+    cases = [dict(B=2, C=3), dict(B=1, C=4, h=5, w=6, absent=(2,)), dict(B=2, C=1, n=3, m=2, ignore=0.0)]
+    out = []
+    for case in cases:
+        features, labels, weight, bias = _case(**case, dtype=dtype, device=device)
+        out.append((features.requires_grad_(requires_grad), labels, weight.requires_grad_(requires_grad),
+                    bias.requires_grad_(requires_grad), case["C"]))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for features, labels, weight, bias, C in sample_inputs(device, requires_grad=True):
+        torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1, (features, labels, weight, bias, C, "aten"))
+        detached = (features.detach(), labels, weight.detach(), bias.detach(), C)
+        torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_forward, detached)
+        rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(*detached)
+        for mask in ([True, True, True], [False, True, False]):
+            args = (torch.randn_like(rows), features.detach(), weight.detach(), order, offsets, mask)
+            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad, (*args, "aten"))
+            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward, args)
+
+
+def test_sample_inputs_gradcheck_and_reference():
+    from ssfdan_ext import reference
+
+    for features, labels, weight, bias, C in sample_inputs(dtype=torch.float64, requires_grad=True):
+        got = routed_conv1x1(features, labels, weight, bias, C)
+        expected = reference.routed_conv1x1(features, labels, weight, bias, C)
+        for a, b, name in zip(got, expected, ("rows", "order", "offsets")):
+            assert_close_scaled(a, b, name) if a.is_floating_point() else torch.testing.assert_close(a, b)
+        assert torch.autograd.gradcheck(lambda f, w, b: routed_conv1x1(f, labels, w, b, C).rows,
+                                        (features, weight, bias))
 
 
 B1 = torch.zeros(1, 4, 2, 2)
@@ -293,15 +320,15 @@ def test_interpreter_refuses_cuda_tensors(interpreted):
 
 
 def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
-    from ssfdan_ext.ops.routed_conv1x1 import _use_triton, triton_available
+    from ssfdan_ext._ext import triton_available, use_triton
 
     class FakeCudaTensor:  # all that the dispatch rule reads
         is_cuda, dtype = True, torch.float32
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert not _use_triton(FakeCudaTensor(), "auto")
+    assert not use_triton(FakeCudaTensor(), "auto")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert _use_triton(FakeCudaTensor(), "auto") == triton_available()
+    assert use_triton(FakeCudaTensor(), "auto") == triton_available()
 
 
 # --- Autograd edge cases --------------------------------------------------------------------------------------

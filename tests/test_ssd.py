@@ -5,56 +5,12 @@ import itertools
 
 import pytest
 import torch
-from conftest import DEVICES, assert_close_scaled
+from conftest import DEVICES, assert_close_scaled, compare_backends, label_layout
 
-from ssfdan_ext import IGNORE, SeparatedDiscriminator, reference
-from ssfdan_ext.testing import checkerboard_labels, street_labels
+from ssfdan_ext import IGNORE, SeparatedDiscriminator
 
 N, CHANNELS = 4, (6, 5, 4, 3)
 STRIDES = [(1, 2, 2, 2, 2), (1, 1, 1, 1, 1)]
-
-
-def _labels(kind: str, B: int, H: int, W: int, C: int, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "random":
-        # Blocky random labels (3x3 blocks) so that mode downsampling keeps several classes per map.
-        blocks = torch.randint(0, C, (B, (H + 2) // 3, (W + 2) // 3), generator=gen)
-        labels = blocks.repeat_interleave(3, 1).repeat_interleave(3, 2)[:, :H, :W].contiguous()
-        labels[torch.rand(B, H, W, generator=gen) < 0.1] = IGNORE
-        return labels
-    if kind == "all_ignore":
-        return torch.full((B, H, W), IGNORE, dtype=torch.int64)
-    if kind == "class_absent":  # never uses class 0
-        return torch.randint(1, max(C, 2), (B, H, W), generator=gen) % C if C > 1 else torch.zeros(B, H, W).long()
-    if kind == "street":
-        return street_labels(B, H, W, num_classes=C, seed=seed)
-    if kind == "checkerboard":
-        return checkerboard_labels(B, H, W, num_classes=C, cell=2)
-    raise ValueError(kind)
-
-
-def _run(disc, backend, features, labels, upstream):
-    disc.zero_grad(set_to_none=True)
-    features = features.detach().clone().requires_grad_(True)
-    disc.backend = backend
-    out = disc(features, labels)
-    (out.logits * upstream).sum().backward()
-    grads = [features.grad] + [p.grad for p in disc.parameters()]
-    return out, grads
-
-
-def _compare_backends(disc, features, labels, backend="grouped"):
-    h, w = features.shape[-2:]
-    upstream = torch.randn(features.shape[0], 1, *disc.output_size(h, w), device=features.device)
-    ref, ref_grads = _run(disc, "reference", features, labels, upstream)
-    out, grads = _run(disc, backend, features, labels, upstream)
-    assert torch.equal(out.labels, ref.labels)
-    assert_close_scaled(out.logits, ref.logits, "logits")
-    names = ["features"] + [n for n, _ in disc.named_parameters()]
-    for name, g, g_ref in zip(names, grads, ref_grads):
-        assert g is not None and g_ref is not None, name
-        assert_close_scaled(g, g_ref, f"grad of {name}")
-    return ref
 
 
 GRID = list(itertools.product([1, 2], [1, 3, 19], STRIDES))
@@ -72,8 +28,8 @@ def test_backend_matches_reference(backend, device, B, C, strides, size):
     torch.manual_seed(B * 100 + C)
     disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
     features = torch.randn(B, N, h, w, device=device)
-    labels = _labels("random", B, H, W, C, seed=C).to(device)
-    ref = _compare_backends(disc, features, labels, backend)
+    labels = label_layout("random", B, H, W, C, seed=C).to(device)
+    ref = compare_backends(disc, features, labels, backend)
     assert ref.logits.shape == (B, 1, *disc.output_size(h, w))
     assert (ref.labels != IGNORE).any() and (ref.logits != 0).any()  # the comparison is not between zeros
 
@@ -87,8 +43,8 @@ def test_backend_matches_reference_on_layouts(backend, device, kind, strides):
     C = 19 if kind in ("street", "checkerboard") else 3
     disc = SeparatedDiscriminator(C, N, CHANNELS, strides).to(device)
     features = torch.randn(2, N, 12, 20, device=device)
-    labels = _labels(kind, 2, 96, 160, C, seed=5).to(device)
-    ref = _compare_backends(disc, features, labels, backend)
+    labels = label_layout(kind, 2, 96, 160, C, seed=5).to(device)
+    ref = compare_backends(disc, features, labels, backend)
     if kind == "all_ignore":
         assert (ref.labels == IGNORE).all() and (ref.logits == 0).all()
     if kind == "class_absent":
@@ -102,8 +58,8 @@ def test_non_contiguous_features(backend, device):
     disc = SeparatedDiscriminator(3, N, CHANNELS).to(device)
     features = torch.randn(2, 9, 7, N, device=device).permute(0, 3, 2, 1)  # (2, N, 7, 9), channels-last strides
     assert not features.is_contiguous()
-    labels = _labels("random", 2, 14, 18, 3, seed=2).to(device)
-    ref = _compare_backends(disc, features, labels, backend)
+    labels = label_layout("random", 2, 14, 18, 3, seed=2).to(device)
+    ref = compare_backends(disc, features, labels, backend)
     contiguous = disc(features.contiguous(), labels)
     assert_close_scaled(contiguous.logits, ref.logits.detach(), "contiguous vs strided")
 
@@ -111,8 +67,8 @@ def test_non_contiguous_features(backend, device):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_features_equal_label_resolution_and_one_pixel(backend):
     disc = SeparatedDiscriminator(2, N, CHANNELS)
-    _compare_backends(disc, torch.randn(1, N, 1, 1), torch.tensor([[[1]]]), backend)
-    _compare_backends(disc, torch.randn(1, N, 3, 5), _labels("random", 1, 3, 5, 2, seed=4), backend)
+    compare_backends(disc, torch.randn(1, N, 1, 1), torch.tensor([[[1]]]), backend)
+    compare_backends(disc, torch.randn(1, N, 3, 5), label_layout("random", 1, 3, 5, 2, seed=4), backend)
 
 
 @pytest.mark.parametrize("backend", ["reference", *BACKENDS])
@@ -157,7 +113,7 @@ def test_checkpoint_moves_between_backends(backend):
     a = SeparatedDiscriminator(3, N, CHANNELS, backend="reference")
     b = SeparatedDiscriminator(3, N, CHANNELS, backend=backend)
     b.load_state_dict(a.state_dict())
-    features, labels = torch.randn(1, N, 6, 6), _labels("random", 1, 12, 12, 3, seed=1)
+    features, labels = torch.randn(1, N, 6, 6), label_layout("random", 1, 12, 12, 3, seed=1)
     assert_close_scaled(b(features, labels).logits, a(features, labels).logits.detach(), "logits")
 
 
@@ -274,7 +230,7 @@ def test_fused_under_cpu_autocast_matches_reference_in_bfloat16():
     torch.manual_seed(4)
     disc = SeparatedDiscriminator(5, N, CHANNELS)
     features = torch.randn(2, N, 8, 12)
-    labels = _labels("random", 2, 16, 24, 5, seed=3)
+    labels = label_layout("random", 2, 16, 24, 5, seed=3)
     outputs = _under_cpu_autocast(disc, features, labels)
     assert outputs["fused"].dtype == outputs["reference"].dtype == torch.bfloat16
     exact = SeparatedDiscriminator(5, N, CHANNELS, backend="reference")
@@ -291,7 +247,7 @@ def test_fused_under_cpu_autocast_keeps_float64_like_the_reference():
     torch.manual_seed(5)
     disc = SeparatedDiscriminator(3, N, CHANNELS).double()
     features = torch.randn(1, N, 8, 12, dtype=torch.float64)
-    labels = _labels("random", 1, 16, 24, 3, seed=2)
+    labels = label_layout("random", 1, 16, 24, 3, seed=2)
     outputs = _under_cpu_autocast(disc, features, labels)
     assert outputs["fused"].dtype == outputs["reference"].dtype == torch.float64
     assert_close_scaled(outputs["fused"], outputs["reference"], "logits")

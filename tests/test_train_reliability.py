@@ -24,7 +24,8 @@ from ssfdan_ext.train.cli import main
 from ssfdan_ext.train.guards import DivergenceError, OutDirLockedError
 from ssfdan_ext.train.outdir import LOCK_NAME
 from ssfdan_ext.train.runlog import read_csv
-from test_verified_io import KINDS, damage
+from conftest import DAMAGE_KINDS as KINDS
+from conftest import damage
 from train_helpers import tiny_config, tiny_overrides
 from conftest import subprocess_env
 

@@ -2,9 +2,6 @@
 and the ahead-of-time compilation report that the per-op tests run (tests/triton_aot.py)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,19 +14,6 @@ def configs():
     from ssfdan_ext.triton import configs
 
     return configs
-
-
-def run_triton_aot(module: str, tmp_path) -> list[str]:
-    """tests/triton_aot.py's report for ``module``: one line per compiled configuration; fails on any spill."""
-    require_triton()
-    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
-    script = os.path.join(os.path.dirname(__file__), "triton_aot.py")
-    proc = subprocess.run([sys.executable, script, module], env=env, capture_output=True, text=True, timeout=900)
-    print(proc.stdout)  # the register table (pytest -s shows it)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = proc.stdout.splitlines()
-    assert lines and all(" 0 spill bytes, " in line and int(line.split(", ")[-1].split()[0]) > 0 for line in lines)
-    return lines
 
 
 def test_kernel_configs_for_the_paper_widths(configs):

@@ -7,7 +7,6 @@ import io
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,35 +17,11 @@ from ssfdan_ext.models import verified_io as vio
 from ssfdan_ext.models.verified_io import (CheckpointError, UnverifiedCheckpointWarning, read_verified,
                                            verify_file, write_verified)
 from ssfdan_ext.train.checkpoint import CheckpointManager
-from conftest import subprocess_env
+from conftest import DAMAGE_KINDS as KINDS
+from conftest import damage, flip_bits, subprocess_env
 
 
 
-def flip_bits(path: Path) -> None:
-    """Three flipped bits in the middle of the file (where the tensor data lies)."""
-    data = bytearray(path.read_bytes())
-    for k, bit in enumerate((0, 3, 6)):
-        data[len(data) // 2 + 7 * k] ^= 1 << bit
-    path.write_bytes(bytes(data))
-
-
-def damage(path: Path, kind: str) -> None:
-    """Make ``path`` one of the broken files a checkpoint reader meets."""
-    if kind == "flipped":
-        flip_bits(path)
-    elif kind == "truncated":
-        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    elif kind == "empty":
-        path.write_bytes(b"")
-    elif kind == "pickled list":
-        torch.save([1, 2, 3], path)
-    elif kind == "text":
-        path.write_text("not a checkpoint\n")
-    else:
-        raise ValueError(kind)
-
-
-KINDS = ["flipped", "truncated", "empty", "pickled list", "text"]
 # What each kind is reported as (the reader of a training checkpoint needs its keys).
 EXPECTED = {"flipped": "is damaged: its content does not match the SHA-256 digest",
             "truncated": "cannot read .*not a readable torch.save file", "empty": "is empty",

@@ -1,8 +1,8 @@
 """Compile the library's Triton kernels ahead of time for an sm_90 (Hopper) GPU, without a GPU, and report their
 registers and spills.
 
-Run in its own interpreter with TRITON_INTERPRET=0 (tests/test_routed_conv1x1.py and tests/test_sparse_ssd_triton.py
-do), naming the kernel module: ``routed_conv1x1`` (the default) or ``sparse_ssd``. The launchers themselves run on
+Run in its own interpreter with TRITON_INTERPRET=0 (tests/test_routed_conv1x1.py and tests/test_sparse_conv3x3.py
+do), naming the kernel module: ``routed_conv1x1`` (the default) or ``sparse_conv3x3``. The launchers themselves run on
 meta tensors of the paper's layer widths (and of tiny test widths) with their ``launch`` replaced by a recorder, so
 what is compiled is exactly what they would launch: kernel, argument types, constexprs, tiles, warps and stages,
 for float32 (TF32 on and off), float16 and bfloat16. Triton's own binder derives the signature and the integer and
@@ -29,7 +29,7 @@ from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from ssfdan_ext.triton import routed_conv1x1, sparse_ssd
+from ssfdan_ext.triton import routed_conv1x1, sparse_conv3x3
 
 TARGET = GPUTarget("cuda", 90, 32)
 C = 19  # Cityscapes classes, as in the paper
@@ -80,9 +80,9 @@ def sparse_launches(widths, dtype) -> list[tuple[str, tuple]]:
         mi, mo = widths[layer], widths[layer + 1]
         table, weight, bias = _meta(P + C + 1, mi, dtype=dtype), _meta(C * mo, mi, 3, 3, dtype=dtype), _meta(C * mo)
         masks = [ALL] + ([(False, True, False), (False, False, True)] if layer == 1 else [])
-        launches = record(sparse_ssd, sparse_ssd.sparse_conv3x3_forward, table, taps, offsets, weight, bias)
+        launches = record(sparse_conv3x3, sparse_conv3x3.sparse_conv3x3_forward, table, taps, offsets, weight, bias)
         for mask in masks:
-            launches += record(sparse_ssd, sparse_ssd.sparse_conv3x3_backward, _meta(P, mo, dtype=dtype), table,
+            launches += record(sparse_conv3x3, sparse_conv3x3.sparse_conv3x3_backward, _meta(P, mo, dtype=dtype), table,
                                taps, offsets, weight, mask)
         out += [(f"layer {layer + 1} {mi}->{mo}", launch) for launch in launches]
     return out
@@ -119,7 +119,7 @@ def _flags(kwargs: dict) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("module", nargs="?", default="routed_conv1x1", choices=("routed_conv1x1", "sparse_ssd"))
+    parser.add_argument("module", nargs="?", default="routed_conv1x1", choices=("routed_conv1x1", "sparse_conv3x3"))
     parser.add_argument("--allow-spills", action="store_true", help="report spills without failing")
     args = parser.parse_args(argv)
     launches_of = routed_launches if args.module == "routed_conv1x1" else sparse_launches

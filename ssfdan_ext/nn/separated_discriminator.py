@@ -12,10 +12,10 @@ from .. import reference
 from ..geometry import KERNELS, PADDINGS, output_size
 from .._checks import as_finite_float, check_batch, check_floating, check_labels, check_layer_shapes, check_nonempty
 from .._checks import check_num_classes, check_same_device, check_size, check_tensor
-from .._ext import has_compiled_ops
+from .._ext import has_compiled_ops, triton_available
 from ..ops.mode_downsample import mode_downsample
-from ..ops.routed_conv1x1 import triton_available
-from ..ops.sparse_ssd import Rulebook, _rulebook, sparse_ssd_forward
+from ..ops.sparse_ssd import sparse_ssd_forward
+from ..ops.sparse_ssd_rulebook import Rulebook, _rulebook
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")

@@ -8,21 +8,15 @@ CPU tensors run the ATen implementation compiled into ``ssfdan_ext._C`` (one GEM
 """
 from __future__ import annotations
 
-import functools
-import os
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from .._checks import check_batch, check_floating, check_labels, check_nonempty, check_num_classes, check_same_device
-from .._checks import check_tensor
-from .._ext import has_compiled_ops, require_compiled
-
-IMPLEMENTATIONS = ("auto", "aten", "triton")
-_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
+from .._checks import check_tensor, once_differentiable
+from .._buckets import row_classes
+from .._ext import check_impl, has_compiled_ops, require_compiled, use_triton
 
 class RoutedRows(NamedTuple):
     """Layer-1 pre-activations of the class cells, sorted by class.
@@ -39,27 +33,6 @@ class RoutedRows(NamedTuple):
     offsets: Tensor
 
 
-@functools.cache
-def triton_available() -> bool:
-    """True when Triton imports (it ships with CUDA builds of torch); the GPU path needs it."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _use_triton(features: Tensor, impl: str) -> bool:
-    """Whether an op with this input and ``impl`` runs its Triton kernels (shared by the routed and sparse ops).
-
-    ``auto`` leaves CUDA tensors to the ATen kernels under ``TRITON_INTERPRET=1``: the interpreter computes on the
-    host and would take hours on them (``impl="triton"`` is refused there with a clear error instead)."""
-    if impl == "triton":
-        return True
-    return (impl == "auto" and features.is_cuda and features.dtype in _TRITON_DTYPES and triton_available()
-            and os.environ.get("TRITON_INTERPRET") != "1")
-
-
 def _kernels():
     from ..triton import routed_conv1x1 as kernels  # lazy: a CPU-only install need not import Triton
 
@@ -67,7 +40,7 @@ def _kernels():
 
 
 def _forward(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str):
-    if _use_triton(features, impl):
+    if use_triton(features, impl):
         return _kernels().routed_conv1x1_forward(features, labels, weight, bias, num_classes)
     require_compiled("routed_conv1x1")
     return torch.ops.ssfdan_ext.routed_conv1x1_forward(features, labels, weight, bias, num_classes)
@@ -75,27 +48,59 @@ def _forward(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num
 
 def _backward(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor, offsets: Tensor,
               mask: list[bool], impl: str):
-    if _use_triton(features, impl):
+    if use_triton(features, impl):
         return _kernels().routed_conv1x1_backward(grad_rows, features, weight, order, offsets, mask)
     return torch.ops.ssfdan_ext.routed_conv1x1_backward(grad_rows, features, weight, order, offsets, mask)
 
 
-class _RoutedConv1x1(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, features, labels, weight, bias, num_classes, impl):
-        rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
-        ctx.save_for_backward(features, weight, order, offsets)
-        ctx.impl = impl
-        ctx.mark_non_differentiable(order, offsets)
-        return rows, order, offsets
+@torch.library.custom_op("ssfdan_ext::routed_conv1x1", mutates_args=())
+def routed_conv1x1_op(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int,
+                      impl: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The registered op behind :func:`routed_conv1x1` (arguments unchecked): rows, order, offsets."""
+    rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
+    return rows, order, offsets
 
-    @staticmethod
-    @once_differentiable  # the backward kernels are not differentiable: a double backward must fail, not be 0
-    def backward(ctx, grad_rows, _grad_order, _grad_offsets):
-        features, weight, order, offsets = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
-        grads = _backward(grad_rows, features, weight, order, offsets, mask, ctx.impl)
-        return grads[0], None, grads[1], grads[2], None, None
+
+@routed_conv1x1_op.register_fake
+def _(features, labels, weight, bias, num_classes, impl):
+    N = labels.numel()
+    return (features.new_empty((N, weight.shape[0] // num_classes)), labels.new_empty((N,)),
+            labels.new_empty((num_classes + 1,)))
+
+
+@torch.library.custom_op("ssfdan_ext::routed_conv1x1_grad", mutates_args=())
+def routed_conv1x1_grad_op(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor, offsets: Tensor,
+                           output_mask: list[bool], impl: str) -> list[Tensor]:
+    """The backward of ``routed_conv1x1``: the gradients of (features, weight, bias) that ``output_mask`` asks
+    for, in that order. Not differentiable: a double backward raises."""
+    grads = _backward(grad_rows.contiguous(), features, weight, order, offsets, list(output_mask), impl)
+    return [g for g in grads if g is not None]
+
+
+@routed_conv1x1_grad_op.register_fake
+def _(grad_rows, features, weight, order, offsets, output_mask, impl):
+    shapes = (features.shape, weight.shape, (weight.shape[0],))
+    return [features.new_empty(shape) for shape, wanted in zip(shapes, output_mask) if wanted]
+
+
+def _setup_routed(ctx, inputs, output) -> None:
+    features, _labels, weight, _bias, _num_classes, impl = inputs
+    _rows, order, offsets = output
+    ctx.save_for_backward(features, weight, order, offsets)
+    ctx.impl = impl
+    ctx.mark_non_differentiable(order, offsets)
+
+
+def _backward_routed(ctx, grad_rows, _grad_order, _grad_offsets):
+    features, weight, order, offsets = ctx.saved_tensors
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
+    grads = iter(routed_conv1x1_grad_op(grad_rows, features, weight, order, offsets, mask, ctx.impl))
+    grad_features, grad_weight, grad_bias = (next(grads) if wanted else None for wanted in mask)
+    return grad_features, None, grad_weight, grad_bias, None, None
+
+
+routed_conv1x1_op.register_autograd(_backward_routed, setup_context=_setup_routed)
+once_differentiable(routed_conv1x1_grad_op, "routed_conv1x1")
 
 
 def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str) -> int:
@@ -120,11 +125,7 @@ def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_c
     if weight.dtype != features.dtype or bias.dtype != features.dtype:
         raise TypeError(f"weight ({weight.dtype}) and bias ({bias.dtype}) must have the features dtype "
                         f"{features.dtype}")
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl == "triton" and not features.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError(f"impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors), got features "
-                         f"on {features.device}")
+    check_impl(impl, features, "features")
     return num_classes
 
 
@@ -148,52 +149,14 @@ def routed_conv1x1(features: Tensor, labels: Tensor, weight: Tensor, bias: Tenso
         returns: :class:`RoutedRows` with rows (B*h*w, m), order (B*h*w,) and offsets (C+1,).
     """
     num_classes = _check(features, labels, weight, bias, num_classes, impl)
-    return RoutedRows(*_RoutedConv1x1.apply(features, labels, weight, bias, num_classes, impl))
-
-
-class _DenseLayer1(torch.autograd.Function):
-    """Scatter the routed rows into the dense (B, C*m, h, w) layer-1 pre-activation, every other cell holding the
-    class's bias. The bias gradient is then the sum of the dense gradient over all cells (class cells included,
-    since their rows contain the bias too); the features and weight gradients come from the routed backward."""
-
-    @staticmethod
-    def forward(ctx, features, labels, weight, bias, num_classes, impl):
-        rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
-        B, _, h, w = features.shape
-        C, m = num_classes, rows.shape[1]
-        cell_b, cell_class, cell_p, ignored = _row_targets(order, offsets, h * w)
-        dense = torch.empty((B, C, m, h * w), dtype=rows.dtype, device=rows.device)
-        dense.copy_(bias.view(1, C, m, 1).expand_as(dense))
-        # An IGNORE cell's row lands on the last class, whose value there is its bias (the cell is not of that
-        # class): every cell is written once and no host read of offsets[C] is needed to drop the IGNORE rows.
-        dense[cell_b, cell_class, :, cell_p] = torch.where(ignored.unsqueeze(1), bias[(C - 1) * m:], rows)
-        ctx.save_for_backward(features, weight, order, offsets)
-        ctx.num_classes, ctx.impl = num_classes, impl
-        return dense.view(B, C * m, h, w)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_dense):
-        features, weight, order, offsets = ctx.saved_tensors
-        B, _, h, w = features.shape
-        C = ctx.num_classes
-        m = grad_dense.shape[1] // C
-        grad = grad_dense.reshape(B, C, m, h * w)
-        grad_bias = grad.sum((0, 3)).reshape(C * m) if ctx.needs_input_grad[3] else None
-        grad_features = grad_weight = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[2]:
-            cell_b, cell_class, cell_p, ignored = _row_targets(order, offsets, h * w)
-            grad_rows = grad[cell_b, cell_class, :, cell_p].masked_fill_(ignored.unsqueeze(1), 0)
-            mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], False]
-            grad_features, grad_weight, _ = _backward(grad_rows, features, weight, order, offsets, mask, ctx.impl)
-        return grad_features, None, grad_weight, grad_bias, None, None
+    return RoutedRows(*routed_conv1x1_op(features, labels, weight, bias, num_classes, impl))
 
 
 def _row_targets(order: Tensor, offsets: Tensor, hw: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(image, class, cell) of each sorted row in the dense layout, IGNORE rows sent to the last class, and the
     IGNORE mask; computed on the device from the bucket offsets."""
     C = offsets.numel() - 1
-    row_class = torch.searchsorted(offsets[1:], torch.arange(order.numel(), device=order.device), right=True)
+    row_class = row_classes(offsets, order.numel())
     return order // hw, row_class.clamp(max=C - 1), order % hw, row_class == C
 
 
@@ -208,17 +171,26 @@ def routed_layer1_dense(features: Tensor, labels: Tensor, weight: Tensor, bias: 
         features (B, n, h, w), labels (B, h, w), weight (C*m, n, 1, 1), bias (C*m,) -> (B, C*m, h, w).
     """
     num_classes = _check(features, labels, weight, bias, num_classes, impl)
-    return _DenseLayer1.apply(features, labels, weight, bias, num_classes, impl)
+    rows, order, offsets = routed_conv1x1_op(features, labels, weight, bias, num_classes, impl)
+    B, _, h, w = features.shape
+    C, m = num_classes, rows.shape[1]
+    cell_b, cell_class, cell_p, ignored = _row_targets(order, offsets, h * w)
+    # Every cell holds its class's bias, then the class cells get their rows (which contain the bias: the bias
+    # gradient sums the dense gradient over all cells). An IGNORE cell's row lands on the last class, whose value
+    # there is its bias (the cell is not of that class): no host read of offsets[C] is needed to drop those rows.
+    dense = bias.view(1, C, m, 1).expand(B, C, m, h * w).clone()
+    dense[cell_b, cell_class, :, cell_p] = torch.where(ignored.unsqueeze(1), bias[(C - 1) * m:], rows)
+    return dense.view(B, C * m, h, w)
 
 
 if has_compiled_ops():
+    # The compiled ATen kernels behind the registered ops: their fakes, for torch.compile and opcheck.
 
     @torch.library.register_fake("ssfdan_ext::routed_conv1x1_forward")
     def _(features, labels, weight, bias, num_classes):
         N = labels.numel()
-        m = weight.shape[0] // num_classes
-        order = labels.new_empty((N,))
-        return features.new_empty((N, m)), order, labels.new_empty((num_classes + 1,))
+        return (features.new_empty((N, weight.shape[0] // num_classes)), labels.new_empty((N,)),
+                labels.new_empty((num_classes + 1,)))
 
     @torch.library.register_fake("ssfdan_ext::routed_conv1x1_backward")
     def _(grad_rows, features, weight, order, offsets, output_mask):

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._buckets import row_classes
 from ..types import IGNORE
 from .configs import input_precision, kernel_config, launch
 
@@ -192,7 +193,7 @@ def routed_conv1x1_backward(grad_rows: Tensor, features: Tensor, weight: Tensor,
     if output_mask[0]:
         grad_features = torch.zeros_like(features)
         if N > 0 and n > 0 and m > 0:
-            row_class = torch.searchsorted(offsets[1:], torch.arange(N, device=order.device), right=True)
+            row_class = row_classes(offsets, N)
             config = kernel_config("routed_grad_input", n, m, dtype, precision)
             grid = (triton.cdiv(N, config.block_m), triton.cdiv(n, config.block_n))
             # (W_c^T)[col, k] = weight[c*m + k, col]: column stride 1, k stride n.

@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .._buckets import row_classes
 from ._weight_cache import WeightCache
 from .configs import input_precision, kernel_config, launch
 from .routed_conv1x1 import _acc_dtype, _class_range
@@ -203,12 +204,8 @@ def _tap_major_copy(weight: Tensor, C: int) -> Tensor:
 _tap_major = WeightCache(_tap_major_copy)
 
 
-def _row_class(offsets: Tensor, P: int) -> Tensor:
-    return torch.searchsorted(offsets[1:].contiguous(), torch.arange(P, device=offsets.device), right=True)
-
-
 def sparse_conv3x3_forward(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """Same contract as ``torch.ops.ssfdan_ext.sparse_conv3x3_forward`` (see ops/sparse_ssd.py).
+    """Same contract as ``torch.ops.ssfdan_ext.sparse_conv3x3_forward`` (see ops/sparse_conv3x3.py).
 
     Shapes:
         table (T, m_in), taps (P, 9) int64, offsets (C+1,) int64, weight (C*m_out, m_in, 3, 3), bias (C*m_out,)
@@ -227,7 +224,7 @@ def sparse_conv3x3_forward(table: Tensor, taps: Tensor, offsets: Tensor, weight:
     precision = input_precision(dtype)
     config = kernel_config("sparse_fwd", mi, mo, dtype, precision)
     grid = (triton.cdiv(P, config.block_m), triton.cdiv(mo, config.block_n))
-    launch(_sparse_conv_fwd_kernel, grid, (table.contiguous(), taps.contiguous(), _row_class(offsets, P),
+    launch(_sparse_conv_fwd_kernel, grid, (table.contiguous(), taps.contiguous(), row_classes(offsets, P),
                                            _tap_major(weight, C), bias.to(_acc_torch_dtype(dtype)).contiguous(),
                                            out, P, C), table, config,
            MI=mi, MO=mo, ACC=_acc_dtype(dtype), PRECISION=precision)
@@ -263,7 +260,7 @@ def sparse_conv3x3_backward(grad_out: Tensor, table: Tensor, taps: Tensor, offse
         if P > 0 and mi > 0 and mo > 0:
             config = kernel_config("sparse_grad_table", mi, mo, dtype, precision)
             grid = (triton.cdiv(P, config.block_m), triton.cdiv(mi, config.block_n))
-            launch(_sparse_conv_grad_table_kernel, grid, (grad_out, taps, _row_class(offsets, P),
+            launch(_sparse_conv_grad_table_kernel, grid, (grad_out, taps, row_classes(offsets, P),
                                                           _tap_major(weight, C), buffer, P, T, C), table, config,
                    **flags)
         grad_table = buffer.to(dtype)

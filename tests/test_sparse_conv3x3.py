@@ -1,4 +1,5 @@
-"""sparse_ssd, Triton backend: the sparse 3x3 layer's kernels against the ATen ops, and the whole sparse SS-D."""
+"""sparse_conv3x3: the sparse 3x3 layer against a dense convolution, its errors, the registered op (opcheck,
+gradcheck), its Triton kernels against the ATen ops, and the whole sparse SS-D on the Triton kernels."""
 from __future__ import annotations
 
 import gc
@@ -6,23 +7,24 @@ import os
 
 import pytest
 import torch
-from conftest import CUDA, assert_close_scaled, require_triton
-from test_triton_configs import run_triton_aot
+from conftest import CUDA, DEVICES, assert_close_scaled, require_triton, run_triton_aot
 
 from ssfdan_ext import IGNORE
-from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward, sparse_ssd_rulebook
+from ssfdan_ext.ops import sparse_conv3x3, sparse_ssd_rulebook
+from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward
 from ssfdan_ext.testing import street_labels
 
 ALL = (True, True, True)
+TAPS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
 
 
 @pytest.fixture(scope="module")
 def kernels():
     """The Triton kernels module; run by Triton's interpreter on CPU tensors (tests/conftest.py sets it)."""
     require_triton()
-    from ssfdan_ext.triton import sparse_ssd
+    from ssfdan_ext.triton import sparse_conv3x3
 
-    return sparse_ssd
+    return sparse_conv3x3
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +297,7 @@ def test_sparse_ssd_forward_triton_matches_aten(interpreted):
 
 def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """Every configuration the GPU path launches compiles to a Hopper cubin (Triton's own ptxas) without spills."""
-    lines = run_triton_aot("sparse_ssd", tmp_path)
+    lines = run_triton_aot("sparse_conv3x3", tmp_path)
     # Per width set and dtype: layers 2-5 x (forward, table gradient, weight+bias gradient), and layer 2's
     # weight-only and bias-only gradients; 2 width sets x (float32 with TF32 off and on, float16, bfloat16).
     assert len(lines) == 14 * 2 * 4, "\n".join(lines)
@@ -311,7 +313,7 @@ def test_triton_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     dict(C=5, strides=(2, 2, 2, 2), layer=3, mi=128, mo=1, B=2, h=40, w=56, absent=(2,)),
 ])
 def test_triton_on_gpu_matches_aten(device, case, dtype):
-    from ssfdan_ext.triton import sparse_ssd as kernels
+    from ssfdan_ext.triton import sparse_conv3x3 as kernels
 
     table, taps, offsets, weight, bias = _layer_case(dtype=torch.float32, device=device, **case)
     grad_out = torch.randn(taps.shape[0], weight.shape[0] // case["C"], device=device)
@@ -337,3 +339,92 @@ def test_sparse_ssd_forward_auto_on_gpu_matches_aten(device, dtype):
     for i, (g, g_ref) in enumerate(zip((out, *grads), (ref, *ref_grads))):
         torch.testing.assert_close(g.float(), g_ref, rtol=tol, atol=tol * float(g_ref.abs().max()),
                                    msg=lambda m: f"output {i}: {m}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+
+@pytest.mark.parametrize("dtype,C,mi,B,h,w", [(torch.float32, 3, 5, 2, 7, 6), (torch.float64, 3, 5, 2, 7, 6),
+                                              (torch.float32, 2, 1024, 1, 24, 24)])  # 144 pairs: several blocks
+def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, B, h, w):
+    # Explicit rows on a full grid, no constants: the layer is one grouped 3x3 convolution, stride 2.
+    torch.manual_seed(0)
+    mo = 4
+    x = torch.randn(B, C * mi, h, w, dtype=dtype, device=device)
+    weight = torch.randn(C * mo, mi, 3, 3, dtype=dtype, device=device)
+    bias = torch.randn(C * mo, dtype=dtype, device=device)
+    dense = torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1, groups=C)
+    oh, ow = dense.shape[-2:]
+    table = torch.cat([x.view(B, C, mi, h * w).permute(1, 0, 3, 2).reshape(-1, mi),
+                       torch.randn(C, mi, dtype=dtype, device=device), torch.zeros(1, mi, dtype=dtype, device=device)])
+    c, b, y, xx = torch.meshgrid(*(torch.arange(n) for n in (C, B, oh, ow)), indexing="ij")
+    rows = [torch.where((2 * y + dy >= 0) & (2 * y + dy < h) & (2 * xx + dx >= 0) & (2 * xx + dx < w),
+                        (c * B + b) * h * w + (2 * y + dy).clamp(0, h - 1) * w + (2 * xx + dx).clamp(0, w - 1),
+                        C * B * h * w + C) for dy, dx in TAPS]
+    taps = torch.stack(rows, -1).reshape(-1, 9).to(device)
+    offsets = torch.arange(C + 1, device=device) * B * oh * ow
+    table.requires_grad_(True)
+    out = sparse_conv3x3(table, taps, offsets, weight, bias)
+    expected = dense.view(B, C, mo, oh * ow).permute(1, 0, 3, 2).reshape(-1, mo)
+    assert_close_scaled(out, expected, "sparse conv")
+    if dtype == torch.float64:
+        # The table's last row is the constant zero row (its gradient is 0 by contract): append it in the function.
+        zero_row = torch.zeros(1, mi, dtype=dtype, device=device)
+        fn = lambda t, wt, bs: sparse_conv3x3(torch.cat([t, zero_row]), taps, offsets, wt, bs)  # noqa: E731
+        args = (table[: C * B * h * w + C].detach().requires_grad_(True), weight.requires_grad_(True),
+                bias.requires_grad_(True))
+        assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, fast_mode=True)
+def test_sparse_conv3x3_errors():
+    taps, offsets = torch.zeros(2, 9, dtype=torch.long), torch.tensor([0, 1, 2])
+    table, weight, bias = torch.randn(5, 4), torch.randn(6, 4, 3, 3), torch.randn(6)
+    with pytest.raises(ValueError, match=r"taps must be \(P, 9\) int64"):
+        sparse_conv3x3(table, taps[:, :8], offsets, weight, bias)
+    with pytest.raises(ValueError, match=r"weight must be \(C\*m_out, m_in, 3, 3\)"):
+        sparse_conv3x3(table, taps, offsets, weight[:, :3], bias)
+    with pytest.raises(ValueError, match=r"bias must be \(6,\)"):
+        sparse_conv3x3(table, taps, offsets, weight, bias[:4])
+    with pytest.raises(ValueError, match="impl must be one of"):
+        sparse_conv3x3(table, taps, offsets, weight, bias, impl="cuda")
+    with pytest.raises(ValueError, match=r"taps must index rows of table in \[0, 5\), got values in \[0, 5\]"):
+        sparse_conv3x3(table, taps + torch.arange(9) % 6, offsets, weight, bias)
+    with pytest.raises(ValueError, match="offsets must be .* non-decreasing from 0 to the number of pairs 2"):
+        sparse_conv3x3(table, taps, torch.tensor([0, 2, 1]), weight, bias)
+    with pytest.raises(TypeError, match="taps and offsets must be int64"):
+        sparse_conv3x3(table, taps.int(), offsets, weight, bias)
+
+
+def sample_inputs(device="cpu", dtype=torch.float64, requires_grad=False):
+    """(table, taps, offsets, weight, bias) of real rulebook layers (the CASES above), on ``device``."""
+    out = []
+    for case in CASES:
+        table, taps, offsets, weight, bias = _layer_case(**case, dtype=dtype, device=device)
+        out.append((table.requires_grad_(requires_grad), taps, offsets, weight.requires_grad_(requires_grad),
+                    bias.requires_grad_(requires_grad)))
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    for table, taps, offsets, weight, bias in sample_inputs(device, torch.float32, requires_grad=True):
+        torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3, (table, taps, offsets, weight, bias, "aten"))
+        grad_out = torch.randn(taps.shape[0], weight.shape[0] // (offsets.numel() - 1), device=device)
+        for mask in ([True, True, True], [False, True, False]):
+            args = (grad_out, table.detach(), taps, offsets, weight.detach())
+            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_grad, (*args, mask, "aten"))
+            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_backward, (*args, mask))
+        # The compiled kernel behind it has no autograd of its own: checked on plain tensors.
+        torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_forward,
+                              (table.detach(), taps, offsets, weight.detach(), bias.detach()))
+
+
+def test_sample_inputs_gradcheck_and_reference():
+    """The public op on every sample: the plain-PyTorch reference's values, and gradcheck in float64 (the zero row,
+    a constant of the SS-D value table, gets no gradient: it is left out of the checked input)."""
+    from ssfdan_ext import reference
+
+    for table, taps, offsets, weight, bias in sample_inputs(requires_grad=True):
+        expected = reference.sparse_conv3x3(table, taps, offsets, weight, bias)
+        assert_close_scaled(sparse_conv3x3(table, taps, offsets, weight, bias), expected, "sparse_conv3x3")
+        zero_row = table[-1:].detach()
+        rows = table[:-1].detach().clone().requires_grad_(True)
+        assert torch.autograd.gradcheck(
+            lambda r, w, b: sparse_conv3x3(torch.cat([r, zero_row]), taps, offsets, w, b), (rows, weight, bias))
