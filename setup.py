@@ -101,7 +101,8 @@ def _want_cuda() -> tuple[bool, str]:
 
 def _extension():
     with_cuda, reason = _want_cuda()
-    cpu_sources = ["csrc/ops.cpp", "csrc/module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    cpu_sources = ["csrc/ops.cpp", "csrc/module.cpp", *sorted(glob.glob("csrc/aten/*.cpp")),
+                   *sorted(glob.glob("csrc/cpu/*.cpp"))]
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
     # -fno-trapping-math lets GCC vectorise loops with selects (confidence_select's exp); nothing reads FP flags.
     cxx = ["-O3", "-fno-trapping-math", "-std=c++20", f'-DSSFDAN_TORCH_VERSION="{torch.__version__}"']

@@ -4,13 +4,10 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include "constants.h"
 #include "mode_kernels.h"
 
 namespace ssfdan_ext {
-
-constexpr int64_t kIgnoreLabel = 255;
-// Class ids share the label value space with IGNORE, so at most 255 classes are addressable.
-constexpr int64_t kMaxClasses = 255;
 
 inline void check_mode_downsample_args(const at::Tensor& labels, int64_t out_h, int64_t out_w,
                                        int64_t num_classes) {

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "../constants.h"
 #include "../select_kernels.h"
 #include "launchers.h"
 #include "mode_block.cuh"
@@ -23,7 +24,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kSelectThreads = 64;
-constexpr int kIgnore = 255;
+constexpr int kIgnore = static_cast<int>(kIgnoreLabel);
 
 struct HalfToFloat {
   __device__ float operator()(__half v) const { return __half2float(v); }

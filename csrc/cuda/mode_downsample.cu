@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "../constants.h"
 #include "launchers.h"
 #include "mode_block.cuh"
 
@@ -11,7 +12,7 @@ namespace ssfdan_ext {
 namespace {
 
 constexpr int kThreads = 128;
-constexpr int64_t kIgnore = 255;
+constexpr int64_t kIgnore = kIgnoreLabel;
 
 __global__ void mode_downsample_kernel(const int64_t* __restrict__ in, int64_t* __restrict__ out,
                                        int* __restrict__ bad_flag, int64_t* __restrict__ bad_value,

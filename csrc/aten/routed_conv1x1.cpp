@@ -67,41 +67,41 @@ int64_t cells_per_chunk(int64_t n, int64_t elem) {
   return std::max<int64_t>(256, (int64_t{1} << 21) / (std::max<int64_t>(n, 1) * elem));  // n = 0: no division by 0
 }
 
-// The CPU reads a class's cells straight from NCHW as the columns of an (n, count) operand: a transposed copy
-// of the whole feature map costs several times more than these gathers, which read each channel plane in order.
-at::Tensor gather_columns(const at::Tensor& features, const at::Tensor& cells) {
-  const int64_t n = features.size(1), hw = features.size(2) * features.size(3), count = cells.numel();
-  at::Tensor out = at::empty({n, count}, features.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "routed_gather", [&] {
-    const scalar_t* src = features.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.data_ptr<scalar_t>();
+// Copies between the NCHW planes of a (B, n, h, w) tensor and the columns of an (n, count) operand, column r being
+// the cell of cells[r]: kToColumns reads the planes (the forward's gather), otherwise it writes them (the backward's
+// scatter; every cell appears once, so no two writes meet). Threads split the channels and read or write each
+// plane in order: a transposed copy of the whole feature map costs several times more.
+template <bool kToColumns>
+void copy_columns(const at::Tensor& planes, const at::Tensor& columns, const at::Tensor& cells) {
+  const int64_t n = planes.size(1), hw = planes.size(2) * planes.size(3), count = cells.numel();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, planes.scalar_type(), "routed_columns", [&] {
+    scalar_t* plane_data = static_cast<scalar_t*>(planes.data_ptr());
+    scalar_t* column_data = static_cast<scalar_t*>(columns.data_ptr());
     const std::vector<int64_t> base = cell_bases(cells, n, hw);
     at::parallel_for(0, n, 8, [&](int64_t k0, int64_t k1) {
       for (int64_t k = k0; k < k1; ++k) {
-        scalar_t* d = dst + k * count;
-        const scalar_t* plane = src + k * hw;
-        for (int64_t r = 0; r < count; ++r) d[r] = plane[base[r]];
+        scalar_t* plane = plane_data + k * hw;
+        scalar_t* column = column_data + k * count;
+        for (int64_t r = 0; r < count; ++r) {
+          if constexpr (kToColumns) {
+            column[r] = plane[base[r]];
+          } else {
+            plane[base[r]] = column[r];
+          }
+        }
       }
     });
   });
+}
+
+at::Tensor gather_columns(const at::Tensor& features, const at::Tensor& cells) {
+  at::Tensor out = at::empty({features.size(1), cells.numel()}, features.options());
+  copy_columns<true>(features, out, cells);
   return out;
 }
 
-// grad[b, k, p] = columns[k, r] for the cell (b, p) of column r; every cell appears once, so no two writes meet.
 void scatter_columns(at::Tensor& grad, const at::Tensor& columns, const at::Tensor& cells) {
-  const int64_t n = grad.size(1), hw = grad.size(2) * grad.size(3), count = cells.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "routed_scatter", [&] {
-    const scalar_t* src = columns.const_data_ptr<scalar_t>();
-    scalar_t* dst = grad.data_ptr<scalar_t>();
-    const std::vector<int64_t> base = cell_bases(cells, n, hw);
-    at::parallel_for(0, n, 8, [&](int64_t k0, int64_t k1) {
-      for (int64_t k = k0; k < k1; ++k) {
-        const scalar_t* s = src + k * count;
-        scalar_t* plane = dst + k * hw;
-        for (int64_t r = 0; r < count; ++r) plane[base[r]] = s[r];
-      }
-    });
-  });
+  copy_columns<false>(grad, columns.contiguous(), cells);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::Tensor& features,
