@@ -35,7 +35,8 @@ import torch.nn.functional as F  # noqa: E402
 from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
 from ssfdan_ext.geometry import layer_sizes  # noqa: E402
 from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
-from ssfdan_ext.ops.sparse_ssd import executed_flops, sparse_ssd_rulebook  # noqa: E402
+from ssfdan_ext.ops import sparse_ssd_rulebook  # noqa: E402
+from ssfdan_ext.ops.sparse_ssd import executed_flops  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 from _loop import LoopDiscriminator  # noqa: E402
 

@@ -137,13 +137,3 @@ def check_layer_shapes(in_channels: int, channels: Sequence[int], strides: Seque
         raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
     return widths, strides
 
-
-def once_differentiable(grad_op, name: str) -> None:
-    """Give the backward op ``grad_op`` of ``name`` an autograd formula that refuses a double backward with a
-    clear error (its kernels are not differentiable; a silent zero would be wrong)."""
-
-    def refuse(ctx, *grads):
-        raise RuntimeError(f"{name} can be differentiated once: its backward kernels are not differentiable "
-                           f"(trying to differentiate twice)")
-
-    grad_op.register_autograd(refuse, setup_context=lambda ctx, inputs, output: None)

@@ -144,9 +144,10 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_forward, detached)
         rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_forward(*detached)
         for mask in ([True, True, True], [False, True, False]):
-            args = (torch.randn_like(rows), features.detach(), weight.detach(), order, offsets, mask)
-            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad, (*args, "aten"))
-            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward, args)
+            grad, plain = torch.randn_like(rows), (features.detach(), weight.detach())
+            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad,
+                                  (grad, *plain, [order, offsets], mask, "aten"))
+            torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward, (grad, *plain, order, offsets, mask))
 
 
 def test_sample_inputs_gradcheck_and_reference():

@@ -408,9 +408,11 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3, (table, taps, offsets, weight, bias, "aten"))
         grad_out = torch.randn(taps.shape[0], weight.shape[0] // (offsets.numel() - 1), device=device)
         for mask in ([True, True, True], [False, True, False]):
-            args = (grad_out, table.detach(), taps, offsets, weight.detach())
-            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_grad, (*args, mask, "aten"))
-            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_backward, (*args, mask))
+            plain_table, plain_weight = table.detach(), weight.detach()
+            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_grad,
+                                  (grad_out, plain_table, plain_weight, [taps, offsets], mask, "aten"))
+            torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_backward,
+                                  (grad_out, plain_table, taps, offsets, plain_weight, mask))
         # The compiled kernel behind it has no autograd of its own: checked on plain tensors.
         torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_forward,
                               (table.detach(), taps, offsets, weight.detach(), bias.detach()))

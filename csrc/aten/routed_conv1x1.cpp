@@ -194,14 +194,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
 
 // The code is device-generic ATen: CPU tensors always take it, CUDA tensors only when the Triton kernels cannot
 // serve them (float64, or no Triton installed); see ssfdan_ext/ops/routed_conv1x1.py.
-TORCH_LIBRARY_IMPL(ssfdan_ext, CPU, m) {
+static void register_routed(torch::Library& m) {
   m.impl("routed_conv1x1_forward", &routed_conv1x1_forward);
   m.impl("routed_conv1x1_backward", &routed_conv1x1_backward);
 }
 
-TORCH_LIBRARY_IMPL(ssfdan_ext, CUDA, m) {
-  m.impl("routed_conv1x1_forward", &routed_conv1x1_forward);
-  m.impl("routed_conv1x1_backward", &routed_conv1x1_backward);
-}
+TORCH_LIBRARY_IMPL(ssfdan_ext, CPU, m) { register_routed(m); }
+TORCH_LIBRARY_IMPL(ssfdan_ext, CUDA, m) { register_routed(m); }
 
 }  // namespace ssfdan_ext

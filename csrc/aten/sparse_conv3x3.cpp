@@ -170,6 +170,7 @@ TORCH_LIBRARY_IMPL(ssfdan_ext, CPU, m) {
   m.impl("sparse_conv3x3_backward", &sparse_conv3x3_backward);
 }
 
+// The same kernels: the op's Python side sends CUDA tensors here only for what Triton does not serve.
 TORCH_LIBRARY_IMPL(ssfdan_ext, CUDA, m) {
   m.impl("sparse_conv3x3_forward", &sparse_conv3x3_forward);
   m.impl("sparse_conv3x3_backward", &sparse_conv3x3_backward);

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from .._checks import check_batch, check_floating, check_labels, check_nonempty, check_num_classes, check_same_device
-from .._checks import check_tensor, once_differentiable
+from .._checks import check_tensor
 from .._buckets import row_classes
 from .._ext import check_impl, has_compiled_ops, require_compiled, use_triton
+from ._grads import define_grad_op, register_layer_autograd
 
 class RoutedRows(NamedTuple):
     """Layer-1 pre-activations of the class cells, sorted by class.
@@ -68,39 +69,13 @@ def _(features, labels, weight, bias, num_classes, impl):
             labels.new_empty((num_classes + 1,)))
 
 
-@torch.library.custom_op("ssfdan_ext::routed_conv1x1_grad", mutates_args=())
-def routed_conv1x1_grad_op(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor, offsets: Tensor,
-                           output_mask: list[bool], impl: str) -> list[Tensor]:
-    """The backward of ``routed_conv1x1``: the gradients of (features, weight, bias) that ``output_mask`` asks
-    for, in that order. Not differentiable: a double backward raises."""
-    grads = _backward(grad_rows.contiguous(), features, weight, order, offsets, list(output_mask), impl)
-    return [g for g in grads if g is not None]
+# The backward: (grad_rows, features, weight, [order, offsets], output_mask, impl) -> the requested gradients of
+# (features, weight, bias).
+routed_conv1x1_grad_op = define_grad_op("routed_conv1x1", _backward)
 
 
-@routed_conv1x1_grad_op.register_fake
-def _(grad_rows, features, weight, order, offsets, output_mask, impl):
-    shapes = (features.shape, weight.shape, (weight.shape[0],))
-    return [features.new_empty(shape) for shape, wanted in zip(shapes, output_mask) if wanted]
-
-
-def _setup_routed(ctx, inputs, output) -> None:
-    features, _labels, weight, _bias, _num_classes, impl = inputs
-    _rows, order, offsets = output
-    ctx.save_for_backward(features, weight, order, offsets)
-    ctx.impl = impl
-    ctx.mark_non_differentiable(order, offsets)
-
-
-def _backward_routed(ctx, grad_rows, _grad_order, _grad_offsets):
-    features, weight, order, offsets = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
-    grads = iter(routed_conv1x1_grad_op(grad_rows, features, weight, order, offsets, mask, ctx.impl))
-    grad_features, grad_weight, grad_bias = (next(grads) if wanted else None for wanted in mask)
-    return grad_features, None, grad_weight, grad_bias, None, None
-
-
-routed_conv1x1_op.register_autograd(_backward_routed, setup_context=_setup_routed)
-once_differentiable(routed_conv1x1_grad_op, "routed_conv1x1")
+register_layer_autograd(routed_conv1x1_op, routed_conv1x1_grad_op, x=0, weight=2, bias=3,
+                        index=lambda inputs, output: [output[1], output[2]])  # order, offsets
 
 
 def _check(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int, impl: str) -> int:

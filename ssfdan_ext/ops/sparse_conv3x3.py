@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._checks import check_floating, check_nonempty, check_same_device, check_tensor, once_differentiable
+from .._checks import check_floating, check_nonempty, check_same_device, check_tensor
 from .._ext import check_impl, has_compiled_ops, use_triton
+from ._grads import define_grad_op, register_layer_autograd
 
 
 def _kernels():
@@ -33,44 +34,23 @@ def _(table, taps, offsets, weight, bias, impl):
     return table.new_empty((taps.shape[0], weight.shape[0] // (offsets.shape[0] - 1)))
 
 
-@torch.library.custom_op("ssfdan_ext::sparse_conv3x3_grad", mutates_args=())
-def sparse_conv3x3_grad_op(grad_out: Tensor, table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
-                           output_mask: list[bool], impl: str) -> list[Tensor]:
-    """The backward of ``sparse_conv3x3``: the gradients of (table, weight, bias) that ``output_mask`` asks for, in
-    that order. Not differentiable: a double backward raises."""
-    mask = list(output_mask)
-    grad_out = grad_out.contiguous()
+def _backward(grad_out: Tensor, table: Tensor, weight: Tensor, taps: Tensor, offsets: Tensor, mask: list[bool],
+              impl: str):
     if use_triton(table, impl):
-        grads = _kernels().sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
-    else:
-        grads = torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
-        if grads[0] is not None:
-            grads[0][-1].zero_()  # the zero row: no gradient on any backend (see sparse_conv3x3)
-    return [g for g in grads if g is not None]
+        return _kernels().sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
+    grads = torch.ops.ssfdan_ext.sparse_conv3x3_backward(grad_out, table, taps, offsets, weight, mask)
+    if grads[0] is not None:
+        grads[0][-1].zero_()  # the zero row: no gradient on any backend (see sparse_conv3x3)
+    return grads
 
 
-@sparse_conv3x3_grad_op.register_fake
-def _(grad_out, table, taps, offsets, weight, output_mask, impl):
-    shapes = (table.shape, weight.shape, (weight.shape[0],))
-    return [table.new_empty(shape) for shape, wanted in zip(shapes, output_mask) if wanted]
+# The backward: (grad_out, table, weight, [taps, offsets], output_mask, impl) -> the requested gradients of
+# (table, weight, bias).
+sparse_conv3x3_grad_op = define_grad_op("sparse_conv3x3", _backward)
 
 
-def _setup_sparse(ctx, inputs, output) -> None:
-    table, taps, offsets, weight, _bias, impl = inputs
-    ctx.save_for_backward(table, weight, taps, offsets)
-    ctx.impl = impl
-
-
-def _backward_sparse(ctx, grad_out):
-    table, weight, taps, offsets = ctx.saved_tensors
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4]]
-    grads = iter(sparse_conv3x3_grad_op(grad_out, table, taps, offsets, weight, mask, ctx.impl))
-    grad_table, grad_weight, grad_bias = (next(grads) if wanted else None for wanted in mask)
-    return grad_table, None, None, grad_weight, grad_bias, None
-
-
-sparse_conv3x3_op.register_autograd(_backward_sparse, setup_context=_setup_sparse)
-once_differentiable(sparse_conv3x3_grad_op, "sparse_conv3x3")
+register_layer_autograd(sparse_conv3x3_op, sparse_conv3x3_grad_op, x=0, weight=3, bias=4,
+                        index=lambda inputs, output: [inputs[1], inputs[2]])  # taps, offsets
 
 
 def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor,

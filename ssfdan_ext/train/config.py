@@ -114,6 +114,15 @@ def _type_name(hint: object) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+# Types whose values are taken as they are: (does the YAML value qualify, what the error calls it).
+_PLAIN = {
+    dict: (lambda v: isinstance(v, Mapping), "a mapping"),
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+
+
 def _coerce(key: str, value: object, hint: object) -> object:
     """``value`` checked (and, for numbers written as text, converted) against the field's type ``hint``."""
     origin = typing.get_origin(hint)
@@ -128,18 +137,11 @@ def _coerce(key: str, value: object, hint: object) -> object:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list of {_type_name(item)}, got {value!r}")
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
-    if hint is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{key} must be a mapping, got {value!r}")
-        return dict(value)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
-        return value
+    if hint in _PLAIN:
+        accepts, what = _PLAIN[hint]
+        if not accepts(value):
+            raise ConfigError(f"{key} must be {what}, got {value!r}")
+        return dict(value) if hint is dict else value
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             try:
@@ -149,10 +151,6 @@ def _coerce(key: str, value: object, hint: object) -> object:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key} must be a string, got {value!r}")
-        return value
     raise ConfigError(f"{key}: unsupported type {hint}")  # a schema error, not a user error
 
 

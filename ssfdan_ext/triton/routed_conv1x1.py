@@ -38,6 +38,12 @@ def _class_range(row_class_ptr, N, C, BLOCK_M: tl.constexpr):
 
 
 @triton.jit
+def class_bucket(offsets_ptr, c):
+    """Rows [start, end) of class c's bucket of sorted rows, read on the device."""
+    return tl.load(offsets_ptr + c), tl.load(offsets_ptr + c + 1)
+
+
+@triton.jit
 def _row_tile(order_ptr, row_class_ptr, N, n, HW, C, BLOCK_M: tl.constexpr):
     """This program's sorted rows: (rows, in-range mask, class (C for IGNORE/out of range), NCHW channel-0
     address of each row's cell)."""
@@ -104,8 +110,7 @@ def _routed_grad_weight_kernel(g_ptr, order_ptr, offsets_ptr, x_ptr, gw_ptr, gb_
     ins = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)  # feature channels
     out_ok = outs < m
     in_ok = ins < n
-    start = tl.load(offsets_ptr + c)
-    end = tl.load(offsets_ptr + c + 1)
+    start, end = class_bucket(offsets_ptr, c)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     bias_acc = tl.zeros((BLOCK_M,), dtype=ACC)
     r0 = start

@@ -31,7 +31,7 @@ from torch import Tensor
 from .._buckets import row_classes
 from ._weight_cache import WeightCache
 from .configs import input_precision, kernel_config, launch
-from .routed_conv1x1 import _acc_dtype, _class_range
+from .routed_conv1x1 import _acc_dtype, _class_range, class_bucket
 
 
 @triton.jit
@@ -137,16 +137,15 @@ def _sparse_conv_grad_weight_kernel(g_ptr, taps_ptr, offsets_ptr, table_ptr, gw_
     # (class, tap x input-channel tile, output-channel tile), looping over the class's pairs read on the device.
     # The gradient is stored straight into the canonical (C*m_out, m_in, 3, 3) layout (tap stride 1).
     c = tl.program_id(0)
+    start, end = class_bucket(offsets_ptr, c)
     tiles_in = tl.cdiv(MI, BLOCK_M)
     t = tl.program_id(1) // tiles_in
     ins = (tl.program_id(1) % tiles_in) * BLOCK_M + tl.arange(0, BLOCK_M)
     outs = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
     in_ok = ins < MI
     out_ok = outs < MO
-    start = tl.load(offsets_ptr + c)
-    end = tl.load(offsets_ptr + c + 1)
+    bias_acc = tl.zeros((BLOCK_N,), dtype=ACC)  # the bias gradient sums grad_out over the class's pairs
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    bias_acc = tl.zeros((BLOCK_N,), dtype=ACC)
     r0 = start
     while r0 < end:
         pairs = r0 + tl.arange(0, BLOCK_K)
