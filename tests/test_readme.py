@@ -1,4 +1,4 @@
-"""The README's code runs as written, and its commands are the ones CI runs."""
+"""The README's code runs as written, and its commands are the ones CI runs (the docs/ pages: test_docs.py)."""
 from __future__ import annotations
 
 import re
@@ -75,24 +75,6 @@ def test_ci_runs_the_readme_test_command():
     assert command.count("\n") == 0 and "pytest" in command and "--no-build-isolation" in command
 
 
-def test_models_data_block_runs():
-    scope: dict = {}
-    exec(_block("models-data"), scope)
-    assert scope["image"].shape == (3, 64, 128) and scope["label"].shape == (64, 128)
-    assert scope["logits"].shape == (1, 19, 8, 16) and scope["features"].shape == (1, 64, 8, 16)
-    assert 0.0 <= scope["result"].miou <= 1.0
-
-
-def test_evaluation_commands_parse():
-    from ssfdan_ext.evaluate.cli import parser
-
-    commands = re.findall(r"^(ssfdan-eval .*?)(?:\s+#.*)?$", README.replace("\\\n", " "), re.M)
-    assert len(commands) >= 3
-    for command in commands:
-        args = parser().parse_args(command.split()[1:])
-        assert args.checkpoint and args.dataset
-
-
 def test_main_command_is_the_synthetic_training_run():
     root = Path(__file__).resolve().parent.parent
     command = _block("main-command").strip()
@@ -102,15 +84,3 @@ def test_main_command_is_the_synthetic_training_run():
     assert (root / "configs" / "synthetic.yaml").read_text() == (
         root / "ssfdan_ext" / "train" / "configs" / "synthetic.yaml").read_text()
 
-
-def test_training_commands_load():
-    from ssfdan_ext.train import load_config
-    from ssfdan_ext.train.cli import parser
-
-    root = Path(__file__).resolve().parent.parent
-    commands = re.findall(r"^(ssfdan-train .*?)(?:\s+#.*)?$", README, re.M)
-    assert len(commands) >= 4
-    for command in commands:
-        args = parser().parse_args(command.split()[1:])
-        cfg = load_config(root / args.config if args.config else None, args.overrides)
-        assert cfg.iterations >= 1
