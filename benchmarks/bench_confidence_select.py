@@ -3,7 +3,7 @@
     python benchmarks/bench_confidence_select.py --preset cpu                      # this machine's CPU
     python benchmarks/bench_confidence_select.py --preset paper paper2k --device cuda
 
-Modes: ``select`` is SPEC sections 1 and 4 alone; ``select+maps`` also produces the two label maps the
+Modes: ``select`` is docs/semantics.md sections 1 and 4 alone; ``select+maps`` also produces the two label maps the
 discriminator needs (feature size = 1/8 of the logits, and the discriminator's output size), with
 ``reference.mode_downsample`` for the naive loop and ``out_sizes`` for the fused op. Each (preset, provider,
 mode) runs in its own interpreter so that its peak memory is its own. Reports median times, the speed-up over

@@ -59,7 +59,7 @@ SSFDAN_HOST_DEVICE inline bool key_matches(uint32_t key, uint32_t prefix, int d)
   return d == 0 || (key >> digit_shift(d - 1)) == (prefix >> digit_shift(d - 1));
 }
 
-// K = ceil(rho * N) in float64, clamped to [0, N] (SPEC 1.2).
+// K = ceil(rho * N) in float64, clamped to [0, N] (docs/semantics.md section 1.2).
 SSFDAN_HOST_DEVICE inline int64_t keep_count(double rho, int64_t n) {
 #ifndef __CUDA_ARCH__
   using std::ceil;

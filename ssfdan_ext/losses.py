@@ -1,4 +1,4 @@
-"""Adversarial losses of SSF-DAN with CA-R weighting (SPEC sections 4 and 5)."""
+"""Adversarial losses of SSF-DAN with CA-R weighting (docs/semantics.md sections 4 and 5)."""
 from __future__ import annotations
 
 import torch

@@ -1,7 +1,7 @@
-"""The SPEC in plain PyTorch: the truth every kernel is compared with, written as naive per-class loops.
+"""The semantics of docs/semantics.md in plain PyTorch: the truth every kernel is compared with, written as naive per-class loops.
 
-Nothing here is fused or clever on purpose: each function follows the SPEC section it names, step by step.
-Shapes use the SPEC's notation: B batch, C classes, n feature channels, (h, w) feature size, (H, W) label size.
+Nothing here is fused or clever on purpose: each function follows the docs/semantics.md section it names, step by step.
+Shapes use the notation of docs/semantics.md: B batch, C classes, n feature channels, (h, w) feature size, (H, W) label size.
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from .types import IGNORE, DiscriminatorOutput, Selection
 
 
 
-# --- SPEC section 1: progressive confidence selection -------------------------------------------------------
+# --- docs/semantics.md section 1: progressive confidence selection -------------------------------------------------------
 
 def softmax_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel (confidence, label): the max and argmax of the softmax over classes.
 
     ``label`` is the first index of the largest logit (the class of the largest probability; ties go to the
     lowest index, as ``torch.argmax``). ``confidence = 1 / sum_c exp(x_c - max_c x_c)`` is accumulated in
-    float64 from the float32 logits and rounded once to float32 **(choice)**: the thresholds of SPEC 1.3 compare
+    float64 from the float32 logits and rounded once to float32 **(choice)**: the thresholds of docs/semantics.md section 1.3 compare
     confidences exactly, and a float32 softmax rounds differently with every summation order and exp
     implementation (vectorised CPU, C++ loop, CUDA), so kernels could disagree about ties and thresholds.
     Rounding one float64 value makes every backend produce the same float32 bits (last-bit differences of
@@ -48,7 +48,7 @@ def keep_count(rho: float, n: int) -> int:
 
 
 def class_thresholds(confidence: Tensor, label: Tensor, rho: float, num_classes: int) -> Tensor:
-    """thr[b, c] = the K-th largest confidence among the pixels labelled c (SPEC 1.3); +inf when K = 0.
+    """thr[b, c] = the K-th largest confidence among the pixels labelled c (docs/semantics.md section 1.3); +inf when K = 0.
 
     Shapes: confidence, label (B, H, W) -> (B, C) float32.
     """
@@ -71,7 +71,7 @@ def ca_r_tau(counts: Tensor, conf_sums: Tensor) -> Tensor:
 
 
 def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequence[int]] = ()) -> Selection:
-    """SPEC section 1: per image and class, keep the top-rho most confident pixels (ties at the threshold kept).
+    """docs/semantics.md section 1: per image and class, keep the top-rho most confident pixels (ties at the threshold kept).
 
     ``out_sizes``: for each (h, w), ``Selection.downsampled`` holds ``mode_downsample(labels, (h, w), C)``.
 
@@ -106,10 +106,10 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
     )
 
 
-# --- SPEC section 2: mode downsampling -----------------------------------------------------------------------
+# --- docs/semantics.md section 2: mode downsampling -----------------------------------------------------------------------
 
 def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
-    """SPEC section 2: each output cell takes the most frequent labelled class of its adaptive-pooling bin.
+    """docs/semantics.md section 2: each output cell takes the most frequent labelled class of its adaptive-pooling bin.
 
     Shapes: labels (B, H, W) int64 -> (B, h, w) int64; IGNORE where a bin holds no labelled pixel.
     """
@@ -128,7 +128,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     return out
 
 
-# --- SPEC section 3: the Semantic-wise Separable Discriminator ------------------------------------------------
+# --- docs/semantics.md section 3: the Semantic-wise Separable Discriminator ------------------------------------------------
 
 def ssd_forward(
     features: Tensor,
@@ -140,7 +140,7 @@ def ssd_forward(
     negative_slope: float = 0.2,
     label_maps: tuple[Tensor, Tensor] | None = None,
 ) -> DiscriminatorOutput:
-    """SPEC section 3 as a loop over classes: separate, run class c's own stack, select per output cell.
+    """docs/semantics.md section 3 as a loop over classes: separate, run class c's own stack, select per output cell.
 
     ``weights[l]`` (C*out_l, in_l, k_l, k_l) and ``biases[l]`` (C*out_l,) follow the canonical layout: class c
     owns rows [c*out_l, (c+1)*out_l). ``label_maps``, when given, are (lf, lo) of step 1, already downsampled.
@@ -158,7 +158,7 @@ def ssd_forward(
     bias_stacks = list(zip(*(b.chunk(C) for b in biases)))
     logits = None
     for c in range(C):
-        # Selection, not multiplication by the mask (SPEC 3.2): 0 * NaN would put a non-finite feature everywhere.
+        # Selection, not multiplication by the mask (docs/semantics.md section 3.2): 0 * NaN would put a non-finite feature everywhere.
         x = torch.where((lf == c).unsqueeze(1), features, features.new_zeros(()))
         for layer, (weight, bias, stride, padding) in enumerate(zip(stacks[c], bias_stacks[c], strides, PADDINGS)):
             x = F.conv2d(x, weight, bias, stride, padding)
@@ -278,7 +278,7 @@ def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
     return torch.stack(out) if out else table.new_zeros((0, mo))
 
 
-# --- SPEC sections 4 and 5: CA-R weights and losses ----------------------------------------------------------
+# --- docs/semantics.md sections 4 and 5: CA-R weights and losses ----------------------------------------------------------
 
 def car_weights(tau: Tensor | None, labels: Tensor) -> Tensor:
     """R[b, q] = tau[b, labels[b, q]] on labelled cells, 0 on IGNORE cells; without tau, R = 1 on labelled cells.

@@ -19,7 +19,7 @@ class Selection(NamedTuple):
         conf_sums: (B, C) float32, sum of the kept confidences per image and class.
         tau: (B, C) float32, the CA-R weight sqrt(counts / conf_sums), 0 for a class with no kept pixel.
         downsampled: one (B, h, w) int64 map per requested ``out_sizes`` entry, the mode-downsampled ``labels``
-            (SPEC section 2); empty when no size was requested.
+            (docs/semantics.md section 2); empty when no size was requested.
     """
 
     labels: Tensor

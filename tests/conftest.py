@@ -35,7 +35,7 @@ def _cuda_ready() -> bool:
     return torch.cuda.is_available() and ssfdan_ext.has_cuda_kernels()
 
 
-# The SPEC's float32 tolerances assume float32 arithmetic: TF32 convolutions and matmuls (on by default for cuDNN
+# The float32 tolerances of docs/semantics.md assume float32 arithmetic: TF32 convolutions and matmuls (on by default for cuDNN
 # on Ampere and newer) round differently in each backend and would exceed them.
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -44,7 +44,7 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not _cud
                                                                           reason="needs a GPU and the CUDA kernels")])
 DEVICES = ["cpu", CUDA]
 
-# SPEC section 3: fp32 rtol 1e-4, atol 1e-5 after scaling by the reference's largest magnitude.
+# docs/semantics.md section 3: fp32 rtol 1e-4, atol 1e-5 after scaling by the reference's largest magnitude.
 TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-10, 1e-12)}
 
 

@@ -1,4 +1,4 @@
-// Semantic separation + the first (1x1) SS-D layer as a top-1 routed GEMM, written with ATen (SPEC section 3).
+// Semantic separation + the first (1x1) SS-D layer as a top-1 routed GEMM, written with ATen (docs/semantics.md section 3).
 //
 // Separating the features by class and applying class c's 1x1 convolution gives W1_c F(p) + b1_c at the cells
 // labelled c and the bias b1_c everywhere else, so only one (class, cell) product per cell is needed: cells are

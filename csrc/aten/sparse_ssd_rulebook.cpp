@@ -1,4 +1,4 @@
-// Exact sparse evaluation of SS-D layers 2-5 (SPEC section 3), written with ATen.
+// Exact sparse evaluation of SS-D layers 2-5 (docs/semantics.md section 3), written with ATen.
 //
 // Class c's activation after layer l equals a per-class constant k_l^c (its response to an all-zero input far
 // from the border) everywhere except on E_l^c = A_l^c ∩ N_l^c:

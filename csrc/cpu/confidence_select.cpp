@@ -1,4 +1,4 @@
-// CPU kernel of SPEC sections 1, 2 and 4 in one op: per-pixel softmax confidence, per-(image, class) radix
+// CPU kernel of docs/semantics.md sections 1, 2 and 4 in one op: per-pixel softmax confidence, per-(image, class) radix
 // select of the K-th largest confidence, the kept labels and their statistics, and mode-downsampled maps.
 //
 // Passes (each parallel over images x pixel chunks, or over (image, class) pairs):

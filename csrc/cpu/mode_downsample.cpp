@@ -1,4 +1,4 @@
-// CPU kernel of SPEC section 2 (mode downsampling): one histogram per output cell, parallel over rows.
+// CPU kernel of docs/semantics.md section 2 (mode downsampling): one histogram per output cell, parallel over rows.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-// CUDA kernels of confidence_select (SPEC sections 1, 2 and 4). Kept free of torch headers so that nvcc
+// CUDA kernels of confidence_select (docs/semantics.md sections 1, 2 and 4). Kept free of torch headers so that nvcc
 // compiles it in seconds; the tensor-facing side lives in confidence_select_cuda.cpp.
 //
 // Launch sequence, all on one stream, no host round trip:

@@ -1,4 +1,4 @@
-// The per-cell mode of SPEC section 2 on the GPU, shared by mode_downsample (int64 labels, validated) and
+// The per-cell mode of docs/semantics.md section 2 on the GPU, shared by mode_downsample (int64 labels, validated) and
 // confidence_select (its uint8 map of kept labels). Device code only; no torch headers.
 #pragma once
 

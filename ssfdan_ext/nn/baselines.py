@@ -1,4 +1,4 @@
-"""Baseline discriminators of the ablation table (SPEC section 6): a global one and class-wise soft ones.
+"""Baseline discriminators of the ablation table (docs/semantics.md section 6): a global one and class-wise soft ones.
 
 ``GlobalDiscriminator`` has the SS-D layer shapes with a single class and sees the whole feature map; its
 output carries class 0 on every cell, so :func:`ssfdan_ext.adversarial_loss` and

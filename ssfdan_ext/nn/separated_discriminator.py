@@ -1,4 +1,4 @@
-"""SeparatedDiscriminator: the Semantic-wise Separable Discriminator (SS-D) of SPEC section 3."""
+"""SeparatedDiscriminator: the Semantic-wise Separable Discriminator (SS-D) of docs/semantics.md section 3."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""confidence_select (SPEC sections 1, 2 and 4) on the compiled CPU / CUDA kernels."""
+"""confidence_select (docs/semantics.md sections 1, 2 and 4) on the compiled CPU / CUDA kernels."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -28,7 +28,7 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
     A pixel's label is its argmax class and its confidence the max softmax probability (accumulated in float64,
     rounded to float32: see :func:`ssfdan_ext.reference.softmax_confidence`). Pixels tied with the threshold
     are all kept. ``rho = 0`` keeps nothing and ``rho = 1`` keeps every pixel. For each ``(h, w)`` in
-    ``out_sizes`` the kept labels are also mode-downsampled (SPEC section 2) and returned in
+    ``out_sizes`` the kept labels are also mode-downsampled (docs/semantics.md section 2) and returned in
     ``Selection.downsampled``, e.g. ``out_sizes=((h, w), disc.output_size(h, w))`` for
     :class:`SeparatedDiscriminator`'s ``label_maps``. One compiled kernel (CPU or CUDA) computes everything
     without per-class host synchronisation; without the compiled extension the reference loops run instead.

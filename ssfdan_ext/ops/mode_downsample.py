@@ -1,4 +1,4 @@
-"""mode_downsample (SPEC section 2) on the compiled CPU / CUDA kernels."""
+"""mode_downsample (docs/semantics.md section 2) on the compiled CPU / CUDA kernels."""
 from __future__ import annotations
 
 from collections.abc import Sequence

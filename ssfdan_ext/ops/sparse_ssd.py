@@ -1,4 +1,4 @@
-"""sparse_ssd: the whole SS-D (SPEC section 3) evaluated exactly on the (class, cell) pairs that can matter.
+"""sparse_ssd: the whole SS-D (docs/semantics.md section 3) evaluated exactly on the (class, cell) pairs that can matter.
 
 Class c's activation after layer l equals a constant ``k_l^c`` (the stack's response to an all-zero input far
 from the border) except on the explicit set ``E_l^c = A_l^c ∩ N_l^c``: ``A`` holds the cells a class-c cell or
@@ -49,7 +49,7 @@ def sparse_ssd_forward(features: Tensor, lf: Tensor, lo: Tensor, weights: Sequen
                        biases: Sequence[Tensor], strides: Sequence[int], num_classes: int,
                        negative_slope: float = 0.2, impl: str = "auto",
                        rulebook: Rulebook | None = None) -> Tensor:
-    """SS-D logits (SPEC section 3, steps 2-4) computed on the explicit pairs only; equal to the dense backends.
+    """SS-D logits (docs/semantics.md section 3, steps 2-4) computed on the explicit pairs only; equal to the dense backends.
 
     Arguments are not checked: :class:`~ssfdan_ext.SeparatedDiscriminator` validates them (``backend="fused"``).
 

@@ -1,6 +1,6 @@
 """The adversarial part of an iteration for every ablation mode: masks, discriminators and their losses.
 
-Modes (SPEC section 6): ``none`` (source only), ``global``, ``soft``, ``ssd`` and the sums ``soft+global``,
+Modes (docs/semantics.md section 6): ``none`` (source only), ``global``, ``soft``, ``ssd`` and the sums ``soft+global``,
 ``ssd+global``. Each loss is returned with the count it was normalised by, so that the driver can make a
 multi-process run equal to one process with the whole batch (see :mod:`.distributed`).
 """

@@ -1,6 +1,6 @@
 """Training configuration: one flat dataclass, YAML files and ``key=value`` overrides, checked key by key.
 
-The dataclass defaults are the paper's GTA5 -> Cityscapes setting (SPEC section 7; dataset roots unset). Without
+The dataclass defaults are the paper's GTA5 -> Cityscapes setting (docs/semantics.md section 7; dataset roots unset). Without
 ``--config`` the driver runs the embedded synthetic config (``ssfdan_ext/train/configs/synthetic.yaml``, the
 same file as ``configs/synthetic.yaml``), which needs no files.
 """
@@ -24,7 +24,7 @@ DISC_BACKENDS = ("auto", "reference", "grouped", "fused")
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run (see the README's *Training* section for each key); the defaults are the
+    """Every setting of a training run (see docs/training.md for each key); the defaults are the
     paper's GTA5 -> Cityscapes DeepLab-v2 setting.
 
     Shapes: ``*_size`` entries are (H, W) lists; ``disc_channels`` the widths of discriminator layers 1-4.
@@ -58,7 +58,7 @@ class TrainConfig:
     pretrained: str | None = None
     freeze_bn: bool = False
     sync_bn: bool = False
-    # adaptation (SPEC sections 5 and 6)
+    # adaptation (docs/semantics.md sections 5 and 6)
     adaptation: str = "ssd"
     progressive: bool = True
     car: bool = True
@@ -69,7 +69,7 @@ class TrainConfig:
     disc_strides: list[int] = field(default_factory=lambda: [1, 2, 2, 2, 2])
     disc_backend: str = "auto"
     self_training: float = 0.0
-    # optimisation (SPEC section 7)
+    # optimisation (docs/semantics.md section 7)
     iterations: int = 120000
     batch_size: int = 1
     lr: float = 2.5e-4
@@ -234,8 +234,8 @@ def pretrained_warning(cfg: TrainConfig) -> str | None:
     if cfg.pretrained or cfg.model not in PRETRAINED_MODELS:
         return None
     return (f"warning: pretrained is null: {cfg.model} starts from random weights. The paper's results fine-tune "
-            "ImageNet weights; set pretrained to a local ImageNet state dict of the backbone (see the README's "
-            "Training section) to reproduce them")
+            "ImageNet weights; set pretrained to a local ImageNet state dict of the backbone (see docs/training.md)"
+            " to reproduce them")
 
 
 def from_dict(values: Mapping[str, object], base: TrainConfig | None = None, origin: str = "config") -> TrainConfig:
