@@ -166,8 +166,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
     if (cpu) grad_features = at::zeros(features.sizes(), features.options());
     else grad_rows = at::zeros({N, n}, features.options());
   }
-  if (output_mask[1]) {
-    grad_weight = at::zeros({C * m, n}, features.options());
+  if (output_mask[1]) {  // written once: a class's first chunk overwrites its rows, classes without cells get 0
+    grad_weight = at::empty({C * m, n}, features.options());
+    for (int64_t c = 0; c < C; ++c) {
+      if (off[c] == off[c + 1]) grad_weight.narrow(0, c * m, m).zero_();
+    }
     src = cpu ? features.contiguous() : cell_rows(features);
   }
   if (output_mask[2]) grad_bias = at::zeros({C * m}, features.options());
@@ -180,7 +183,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
       if (output_mask[0] && cpu) scatter_columns(grad_features, at::mm(w.narrow(0, c * m, m).t(), g.t()), idx);
       if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
       if (output_mask[1]) {
-        grad_weight.narrow(0, c * m, m).addmm_(g.t(), cpu ? gather_columns(src, idx).t() : src.index_select(0, idx));
+        at::Tensor dst = grad_weight.narrow(0, c * m, m);
+        const at::Tensor x = cpu ? gather_columns(src, idx).t() : src.index_select(0, idx);
+        if (start == off[c]) {
+          at::mm_out(dst, g.t(), x);
+        } else {
+          dst.addmm_(g.t(), x);
+        }
       }
       if (output_mask[2]) grad_bias.narrow(0, c * m, m).add_(g.sum(0));
     }

@@ -102,12 +102,15 @@ void scatter_add_taps(Tensor& table, const Tensor& taps, const Tensor& x) {
   });
 }
 
+// body(c, r0, n, first) for each chunk of at most `chunk` pairs of each class, `first` on a class's first chunk;
+// classes without pairs get no call.
 template <typename F>
-void for_each_chunk(const Tensor& offsets, int64_t chunk, F&& body) {
-  const Tensor host = offsets.cpu();
-  const int64_t* off = host.data_ptr<int64_t>();
-  for (int64_t c = 0; c + 1 < host.numel(); ++c) {
-    for (int64_t r0 = off[c]; r0 < off[c + 1]; r0 += chunk) body(c, r0, std::min(chunk, off[c + 1] - r0));
+void for_each_chunk(const Tensor& host_offsets, int64_t chunk, F&& body) {
+  const int64_t* off = host_offsets.data_ptr<int64_t>();
+  for (int64_t c = 0; c + 1 < host_offsets.numel(); ++c) {
+    for (int64_t r0 = off[c]; r0 < off[c + 1]; r0 += chunk) {
+      body(c, r0, std::min(chunk, off[c + 1] - r0), r0 == off[c]);
+    }
   }
 }
 
@@ -122,7 +125,7 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps_in, con
   const Tensor table = table_in.to(st).contiguous(), b = bias.to(st);
   const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
   Tensor out = at::empty({P, mo}, table.options());
-  for_each_chunk(offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n) {
+  for_each_chunk(offsets.cpu(), chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n, bool) {
     Tensor dst = out.narrow(0, r0, n);
     at::addmm_out(dst, b.narrow(0, c * mo, mo), gather_taps(table, taps.narrow(0, r0, n)), wt[c].t());
   });
@@ -143,15 +146,29 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
   Tensor grad_table, grad_weight, grad_bias;
   if (mask[0]) grad_table = at::zeros(table.sizes(), table.options());
-  if (mask[1]) grad_weight = at::zeros({C, mo, mi * 9}, table.options());
+  // The weight gradient is written once: a class's first chunk overwrites its rows, later chunks add to them, and
+  // the rows of classes without pairs are zeroed (no full-size zero fill before the GEMMs).
+  const Tensor host_offsets = offsets.cpu();
+  if (mask[1]) {
+    grad_weight = at::empty({C, mo, mi * 9}, table.options());
+    const int64_t* off = host_offsets.data_ptr<int64_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      if (off[c] == off[c + 1]) grad_weight[c].zero_();
+    }
+  }
   if (mask[2]) grad_bias = at::zeros({C * mo}, table.options());
-  for_each_chunk(offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n) {
+  for_each_chunk(host_offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n, bool first) {
     const Tensor g = grad_out.narrow(0, r0, n);
     const Tensor chunk_taps = taps.narrow(0, r0, n);
     if (mask[0]) scatter_add_taps(grad_table, chunk_taps, at::mm(g, wt[c]));
     if (mask[1]) {
       Tensor dst = grad_weight[c];
-      dst.addmm_(g.t(), gather_taps(table, chunk_taps));
+      const Tensor x = gather_taps(table, chunk_taps);
+      if (first) {
+        at::mm_out(dst, g.t(), x);
+      } else {
+        dst.addmm_(g.t(), x);
+      }
     }
     if (mask[2]) grad_bias.narrow(0, c * mo, mo).add_(g.sum(0));
   });
