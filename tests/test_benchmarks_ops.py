@@ -1,0 +1,119 @@
+"""The per-op benchmarks (benchmarks/bench_<op>.py) run their tiny preset: each provider matched the reference on the
+benchmark inputs before it was timed, and the CSV holds one row per (case, mode, provider) with every column.
+
+The two-mode scripts run their ``fwd+bwd`` mode through the workers (it checks the outputs and the gradients) and
+their ``fwd`` mode in this process, to keep each test short on two cores.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+CPU = torch.device("cpu")
+TINY = ["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0"]
+COMMON_COLUMNS = ("preset", "device", "provider", "mode", "case", "matches_reference", "max_err", "median_ms",
+                  "peak_mb", "repeats", "warmup", "threads", "torch", "speedup_vs_reference")
+
+# script -> (extra arguments, the expected (case, mode, provider) rows in order, its own columns)
+SCRIPTS = {
+    "mode_downsample": ([], [("tiny 8x16", "fwd", p) for p in ("reference", "kernel")],
+                        ("labels", "out_size", "effective_gbs", "bandwidth_gbs", "bandwidth_source",
+                         "bandwidth_fraction")),
+    "routed_conv1x1": (["--modes", "fwd+bwd"], [("tiny", "fwd+bwd", p) for p in ("reference", "grouped", "routed")],
+                       ("shape", "classes", "n", "m", "class_cells", "executed_gflop", "dense_fwd_gflop", "gflops",
+                        "speedup_vs_grouped")),
+    "sparse_conv3x3": (["--modes", "fwd+bwd"], [("tiny", "fwd+bwd", p) for p in ("reference", "dense", "sparse")],
+                       ("shape", "classes", "m_in", "m_out", "pairs", "executed_gflop", "dense_fwd_gflop", "gflops",
+                        "speedup_vs_dense")),
+    "sparse_ssd_rulebook": ([], [(f"tiny {layout}", "build", p) for layout in ("street", "checkerboard")
+                                 for p in ("reference", "compiled")],
+                            ("layout", "lf", "lo", "pairs_l1", "pairs_l2", "pairs_l3", "pairs_l4", "pairs_l5")),
+}
+
+
+def _module(name: str):
+    """Import ``benchmarks/<name>.py`` by name. Not conftest.load_script: the scripts' dataclasses need their module
+    in sys.modules, which load_script does not register."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
+
+
+def _bench(op: str):
+    return _module(f"bench_{op}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", sorted(SCRIPTS))
+def test_tiny_preset_checks_every_provider_and_writes_its_rows(op, tmp_path, capsys):
+    extra, expected, columns = SCRIPTS[op]
+    rows = _bench(op).main([*TINY, *extra, "--out", str(tmp_path)])
+    stem = f"bench_{op}_tiny_cpu"
+    with open(tmp_path / f"{stem}.csv") as f:
+        table = list(csv.DictReader(f))
+    assert (tmp_path / f"{stem}.png").exists()
+    assert len(table) == len(rows)
+    assert [(r["case"], r["mode"], r["provider"]) for r in table] == [(f"{c} {m}", m, p) for c, m, p in expected]
+    for column in (*COMMON_COLUMNS, *columns):
+        assert column in table[0], column
+    for r in table:
+        # each worker compared its provider with the reference before timing it (a mismatch fails the worker)
+        assert r["matches_reference"] == "True" and 0 <= float(r["max_err"]) < 1e-4, r
+        assert float(r["median_ms"]) > 0 and r["preset"] == "tiny" and r["device"] == "cpu"
+        assert float(r["speedup_vs_reference"]) > 0
+        if r["provider"] == "reference":
+            assert float(r["speedup_vs_reference"]) == 1.0
+    assert stem + ".csv" in capsys.readouterr().out
+
+
+def test_rulebook_pair_counts_are_the_providers_and_the_layouts():
+    bench = _bench("sparse_ssd_rulebook")
+    for layout in ("street", "checkerboard"):
+        rows = [bench.measure(p, "build", "tiny", layout, CPU, 1, 0) for p in ("reference", "compiled")]
+        counts = [[r[f"pairs_l{i}"] for i in range(1, 6)] for r in rows]
+        assert counts[0] == counts[1] and all(c > 0 for c in counts[0])
+
+
+@pytest.mark.parametrize("op, providers", [("routed_conv1x1", ("reference", "grouped", "routed")),
+                                           ("sparse_conv3x3", ("reference", "dense", "sparse"))])
+def test_fwd_mode_matches_the_reference(op, providers):
+    bench = _bench(op)
+    for provider in providers:
+        row = bench.measure(provider, "fwd", "tiny", CPU, 1, 0)
+        assert row["matches_reference"] is True and row["max_err"] < 1e-4 and row["median_ms"] > 0
+        assert row["executed_gflop"] > 0 and row["gflops"] > 0
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_a_provider_that_disagrees_with_the_reference_is_not_timed(mode, monkeypatch):
+    bench = _bench("routed_conv1x1")
+    real = bench.routed_conv1x1
+
+    def off_by_one_cell(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return out._replace(rows=out.rows + (torch.arange(out.rows.shape[0]) == 0).unsqueeze(1))
+
+    monkeypatch.setattr(bench, "routed_conv1x1", off_by_one_cell)
+    monkeypatch.setattr(bench, "checked_row", lambda *args: pytest.fail("timed a provider that failed its check"))
+    with pytest.raises(RuntimeError, match="routed: output differs from the reference"):
+        bench.measure("routed", mode, "tiny", CPU, 1, 0)
+
+
+def test_the_check_compares_integers_exactly_and_floats_within_tolerance():
+    harness = _module("_harness")
+    labels = torch.arange(12).view(3, 4)
+    assert harness.check_against_reference("p", {"x": labels.clone()}, {"x": labels}, CPU) == 0.0
+    with pytest.raises(RuntimeError, match="p: x differs from the reference in 1 of 12 entries"):
+        harness.check_against_reference("p", {"x": labels + (labels == 5)}, {"x": labels}, CPU)
+    with pytest.raises(RuntimeError, match="has shape"):
+        harness.check_against_reference("p", {"x": labels[:2]}, {"x": labels}, CPU)
+    values = torch.linspace(-3, 3, 50)
+    assert 0 < harness.check_against_reference("p", {"v": values + 1e-6}, {"v": values}, CPU) < 1e-5
+    with pytest.raises(RuntimeError, match="p: v differs from the reference by up to"):
+        harness.check_against_reference("p", {"v": values + 1e-3}, {"v": values}, CPU)
