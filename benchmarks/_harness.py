@@ -386,3 +386,22 @@ def benchmark_case(benchmark, build: Callable[[torch.device], Callable[[], objec
         synchronize(device)
 
     benchmark.pedantic(timed, rounds=rounds, warmup_rounds=1)
+
+
+def bandwidth_gbs(device: torch.device) -> tuple[float, str]:
+    """The memory bandwidth the effective figure is compared with: a measured copy (read + write) on the device,
+    which is what a memory-bound kernel can reach, rather than the datasheet peak it cannot."""
+    # Beyond the caches: 64 MiB on the CPU, 1 GiB on a GPU (an H200's L2 alone holds 50 MB).
+    size = 2**30 if device.type == "cuda" else 64 * 2**20
+    x = torch.empty(size // 4, device=device)
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x), device, repeats=9, warmup=2)
+    return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9, "measured copy (read + write)"
+
+
+def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """The measured rate of one large matrix product (2048^3) on the device: the compute roof of a roofline."""
+    a = torch.randn(2048, 2048, device=device, dtype=dtype)
+    b = torch.randn(2048, 2048, device=device, dtype=dtype)
+    ms = median_ms(lambda: a @ b, device, repeats=5, warmup=1)
+    return 2 * 2048**3 / (ms * 1e-3) / 1e9

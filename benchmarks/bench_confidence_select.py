@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
-    PeakMemory, benchmark_parser, median_ms, parse_benchmark_args, plot_bars, print_table, run_worker, write_csv,
+    PeakMemory, bandwidth_gbs, benchmark_parser, median_ms, parse_benchmark_args, plot_bars, print_table, run_worker,
+    write_csv,
 )
 
 import ssfdan_ext  # noqa: E402
@@ -76,17 +77,6 @@ def runner(provider: str, mode: str, preset: Preset, logits: torch.Tensor):
         def run():
             return ssfdan_ext.confidence_select(logits, preset.rho, out_sizes=sizes)
     return run
-
-
-def bandwidth_gbs(device: torch.device) -> tuple[float, str]:
-    """The memory bandwidth the effective figure is compared with: a measured copy (read + write) on the device,
-    which is what a memory-bound kernel can reach, rather than the datasheet peak it cannot."""
-    # Beyond the caches: 64 MiB on the CPU, 1 GiB on a GPU (an H200's L2 alone holds 50 MB).
-    size = 2**30 if device.type == "cuda" else 64 * 2**20
-    x = torch.empty(size // 4, device=device)
-    y = torch.empty_like(x)
-    ms = median_ms(lambda: y.copy_(x), device, repeats=9, warmup=2)
-    return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9, "measured copy (read + write)"
 
 
 def measure(provider: str, mode: str, preset_name: str, device: torch.device, repeats: int, warmup: int) -> dict:

@@ -21,10 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
-    add_speedup, answer_worker, check_against_reference, checked_row, op_parser, parse_benchmark_args, report,
-    results_stem, run_cases, run_header,
+    add_speedup, answer_worker, bandwidth_gbs, check_against_reference, checked_row, op_parser, parse_benchmark_args,
+    report, results_stem, run_cases, run_header,
 )
-from bench_confidence_select import bandwidth_gbs  # noqa: E402
 
 import ssfdan_ext  # noqa: E402
 from ssfdan_ext import reference  # noqa: E402

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import (  # noqa: E402
-    PeakMemory, benchmark_parser, median_ms, parse_benchmark_args, plot_bars, print_table, run_worker, write_csv,
+    PeakMemory, bandwidth_gbs, benchmark_parser, gemm_gflops, median_ms, parse_benchmark_args, plot_bars,
+    print_table, run_worker, write_csv,
 )
 
 import torch.nn.functional as F  # noqa: E402
@@ -36,7 +37,7 @@ from ssfdan_ext import SeparatedDiscriminator, mode_downsample  # noqa: E402
 from ssfdan_ext.geometry import layer_sizes  # noqa: E402
 from ssfdan_ext.ops import routed_conv1x1  # noqa: E402
 from ssfdan_ext.ops import sparse_ssd_rulebook  # noqa: E402
-from ssfdan_ext.ops.sparse_ssd import executed_flops  # noqa: E402
+from ssfdan_ext.ops.sparse_ssd import classes_with_constants, executed_flops  # noqa: E402
 from ssfdan_ext.testing import checkerboard_labels, street_labels  # noqa: E402
 from _loop import LoopDiscriminator  # noqa: E402
 
@@ -62,6 +63,8 @@ PRESETS = {
     "cpu": Preset(19, 256, (128, 64, 32, 16), (64, 128), (512, 1024)),
     # the paper's DeepLab-v2 ResNet-101 on 512x1024 crops: features 65x129
     "paper": Preset(19, 2048, (1024, 512, 256, 128), (65, 129), (512, 1024)),
+    # the paper's widths (157.6 M parameters) on 128x256 crops, as an AdaptSegNet-style loop on a CPU runs them
+    "paperwidth": Preset(19, 2048, (1024, 512, 256, 128), (17, 33), (136, 264)),
 }
 
 
@@ -91,7 +94,8 @@ def make_case(preset: Preset, layout: str, device: torch.device, seed: int = 0, 
 
 
 def forward_gflop(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Forward GFLOPs (2 per multiply-add) of the dense backends and of the fused backend's explicit pairs."""
+    """Forward GFLOPs (2 per multiply-add) of the dense backends and of the fused backend's explicit and constant
+    pairs."""
     C, (h, w) = disc.num_classes, features.shape[-2:]
     widths = (disc.in_channels, *disc.channels, 1)
     sizes = layer_sizes(h, w, disc.strides)
@@ -100,8 +104,38 @@ def forward_gflop(disc: SeparatedDiscriminator, features: torch.Tensor, labels: 
     dense += sum(2 * C * B * a * b * 9 * widths[l] * widths[l + 1] for l, (a, b) in enumerate(sizes[1:], start=1))
     lf = mode_downsample(labels, (h, w), C)
     lo = mode_downsample(labels, disc.output_size(h, w), C)
-    fused = executed_flops(sparse_ssd_rulebook(lf, lo, C, disc.strides[1:]), widths)
+    present = int(classes_with_constants(lo, C).numel())  # one constant pair per layer for each of these classes
+    fused = executed_flops(sparse_ssd_rulebook(lf, lo, C, disc.strides[1:]), widths, present)
     return {"dense": dense / 1e9, "fused": fused / 1e9}
+
+
+def roofline(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, gemm_gflops: float,
+             copy_gbs: float) -> dict[str, dict[str, float]]:
+    """The fused backend's lower bound per mode: its executed FLOPs at the measured GEMM rate plus the weight bytes
+    the pass must move at the measured copy bandwidth (what the roofline of a weight-traffic-bound pass is).
+
+    Bytes: the forward reads the weights of the classes with a labelled output cell (the only ones it evaluates);
+    the backward reads them again (for the input gradients) and writes the whole weight gradient (those classes'
+    rows computed, the others zeroed). The backward executes twice the forward's FLOPs (input and weight
+    gradients). Features, activations and tables are left out (under 1% of the weights at the paper's widths).
+    """
+    C, (h, w) = disc.num_classes, features.shape[-2:]
+    lf = mode_downsample(labels, (h, w), C)
+    lo = mode_downsample(labels, disc.output_size(h, w), C)
+    present = int(classes_with_constants(lo, C).numel())
+    widths = (disc.in_channels, *disc.channels, 1)
+    flop = executed_flops(sparse_ssd_rulebook(lf, lo, C, disc.strides[1:]), widths, present)
+    params = sum(p.numel() for p in disc.parameters())
+    size = features.element_size()
+    read = params * present / C * size
+    bound = {"fwd": (flop, read), "bwd": (2 * flop, read + params * size)}
+    bound["full"] = bound["plan"] = (3 * flop, 2 * read + params * size)
+    out = {}
+    for mode, (f, b) in bound.items():
+        ms = (f / (gemm_gflops * 1e9) + b / (copy_gbs * 1e9)) * 1e3
+        out[mode] = {"roofline_ms": ms, "gflop": f / 1e9, "weight_mb": b / 1e6}
+    out["present_classes"] = present
+    return out
 
 
 def triton_configs(preset: Preset, dtype: torch.dtype = torch.float32) -> list[dict]:
@@ -193,6 +227,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     gflop = forward_gflop(disc, features, labels)
     print(f"forward FLOPs: dense backends {gflop['dense']:.3f} GFLOP, fused (explicit pairs) {gflop['fused']:.3f} "
           f"GFLOP ({gflop['dense'] / gflop['fused']:.1f}x fewer)", flush=True)
+    bound = {}
+    if "fused" in args.providers:
+        gemm, (copy, _) = gemm_gflops(device, apply_precision(args.precision)), bandwidth_gbs(device)
+        bound = roofline(disc, features, labels, gemm, copy)
+        print(f"roofline of the fused backend: measured GEMM {gemm:.0f} GFLOP/s, copy {copy:.1f} GB/s, "
+              f"{bound['present_classes']} of {disc.num_classes} classes with a labelled output cell; "
+              + ", ".join(f"{m} {bound[m]['gflop']:.2f} GFLOP + {bound[m]['weight_mb']:.0f} MB of weights = "
+                          f"{bound[m]['roofline_ms']:.1f} ms" for m in ("fwd", "full")), flush=True)
     stem = f"bench_ssd_{args.preset}_{args.layout}_{device.type}"
     if args.precision != "fp32":
         stem += f"_{args.precision}"
@@ -214,8 +256,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   flush=True)
             row["fwd_gflop"] = round(gflop["fused" if provider == "fused" else "dense"], 4) if mode != "l1" else ""
             rows.append(row)
+    for row in rows:  # how far the fused backend is from its bound (1.0: at the roofline)
+        known = row["provider"] == "fused" and row["mode"] in bound
+        row["roofline_ms"] = round(bound[row["mode"]]["roofline_ms"], 2) if known else ""
+        row["vs_roofline"] = round(row["median_ms"] / bound[row["mode"]]["roofline_ms"], 2) if known else ""
     columns = ["provider", "mode", "median_ms", "peak_mb", "fwd_gflop", "speedup_vs_fastest_dense",
-               "memory_vs_fastest_dense"]
+               "memory_vs_fastest_dense", *(("roofline_ms", "vs_roofline") if bound else ())]
     for row in rows:  # the honest ratio: against the fastest thing a user could write instead
         dense = [r for r in rows if r["mode"] == row["mode"] and r["provider"] in DENSE]
         best = min(dense, key=lambda r: r["median_ms"]) if dense else None

@@ -117,3 +117,19 @@ def test_the_check_compares_integers_exactly_and_floats_within_tolerance():
     assert 0 < harness.check_against_reference("p", {"v": values + 1e-6}, {"v": values}, CPU) < 1e-5
     with pytest.raises(RuntimeError, match="p: v differs from the reference by up to"):
         harness.check_against_reference("p", {"v": values + 1e-3}, {"v": values}, CPU)
+
+
+@pytest.mark.slow
+def test_bench_ssd_prints_the_fused_roofline_and_the_honest_ratio(tmp_path, capsys):
+    rows = _module("bench_ssd").main(["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+                                      "--providers", "loop", "fused", "--modes", "full", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "roofline of the fused backend: measured GEMM" in out and "GB/s" in out
+    fused = next(r for r in rows if r["provider"] == "fused")
+    loop = next(r for r in rows if r["provider"] == "loop")
+    assert fused["fastest_dense"] == "loop" and fused["roofline_ms"] > 0
+    assert fused["vs_roofline"] == pytest.approx(fused["median_ms"] / fused["roofline_ms"], rel=0.01)
+    assert fused["speedup_vs_fastest_dense"] == pytest.approx(loop["median_ms"] / fused["median_ms"], rel=0.01)
+    assert loop["roofline_ms"] == ""
+    with open(tmp_path / "bench_ssd_tiny_street_cpu.csv") as f:
+        assert {"roofline_ms", "vs_roofline"} <= set(next(csv.DictReader(f)))

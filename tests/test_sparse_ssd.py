@@ -123,3 +123,34 @@ def test_fused_double_backward_raises():
         grad.sum().backward()
 
 
+
+
+def test_constant_pairs_give_the_constant_chain_and_only_present_classes_get_them():
+    """The constants come from one extra pair per class whose taps all read the class's constant row; only the
+    classes with a labelled output cell get one, and the others' weight gradients are exactly zero."""
+    from ssfdan_ext.ops.sparse_ssd import classes_with_constants, constant_pairs
+
+    torch.manual_seed(0)
+    C, strides = 5, (1, 2, 2, 1, 1)
+    disc = SeparatedDiscriminator(C, 6, (5, 4, 4, 3), strides, backend="fused")
+    labels = torch.full((1, 32, 32), IGNORE)
+    labels[0, :16, :16], labels[0, 16:, 16:] = 1, 3  # classes 0, 2 and 4 absent
+    features = torch.randn(1, 6, 8, 8)
+    lf, lo = downsampled_maps(labels, C, 8, 8, strides)
+    classes = classes_with_constants(lo, C)
+    assert classes.tolist() == [1, 3]
+    rb = sparse_ssd_rulebook(lf, lo, C, strides[1:])
+    pairs = constant_pairs(rb.taps[0], rb.offsets[0], lf.numel(), classes)
+    counts = (rb.offsets[0][1:] - rb.offsets[0][:-1]).tolist()
+    assert (pairs.offsets[1:] - pairs.offsets[:-1]).tolist() == [n + (c in (1, 3)) for c, n in enumerate(counts)]
+    for k, c in enumerate((1, 3)):  # the last pair of each class's segment, all nine taps on its constant row
+        assert torch.equal(pairs.taps[int(pairs.offsets[c + 1]) - 1], torch.full((9,), lf.numel() + c))
+    assert torch.equal(pairs.taps[pairs.rows[:rb.taps[0].shape[0]]], rb.taps[0])  # explicit pairs kept in order
+    constants = class_constants([c.weight for c in disc.convs], [c.bias for c in disc.convs], C, 0.2)
+    assert constants[0].shape == (C, 5)
+    compare_backends(disc, features, labels, backend="fused")
+    out = disc(features, labels).logits.square().sum()
+    out.backward()
+    for conv in disc.convs[1:]:
+        rows = conv.weight.grad.view(C, -1)
+        assert rows[[0, 2, 4]].abs().max() == 0 and rows[[1, 3]].abs().max() > 0

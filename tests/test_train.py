@@ -219,8 +219,8 @@ def test_kept_pixels_are_logged_and_start_at_zero(tmp_path):
 
 
 def test_each_label_map_gets_one_rulebook_per_iteration(tmp_path, monkeypatch):
-    # The target labels serve the generator's pass and the discriminator's target pass: one rulebook for both,
-    # and one for the source labels.
+    # The target plan serves the generator's pass; the discriminator's step evaluates both domains in one forward
+    # (same sizes here) with one rulebook for the two batches: two builds per iteration.
     from ssfdan_ext.nn import separated_discriminator as module
 
     calls = []
@@ -233,3 +233,32 @@ def test_each_label_map_gets_one_rulebook_per_iteration(tmp_path, monkeypatch):
     monkeypatch.setattr(module, "_rulebook", counting)
     train(tiny_config(tmp_path, iterations=3, adaptation="ssd", disc_backend="fused"))
     assert len(calls) == 2 * 3
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_discriminator_step_over_both_domains_at_once_equals_two_passes(tmp_path, backend):
+    from ssfdan_ext.train.adapt import Discriminators
+
+    torch.manual_seed(0)
+    cfg = tiny_config(tmp_path, adaptation="ssd", disc_backend=backend, num_classes=5, disc_channels=[6, 5, 4, 3],
+                      disc_strides=[1, 2, 1, 1, 1])
+    discs = Discriminators(cfg, in_channels=8)
+    feat_s, feat_t = torch.randn(2, 8, 9, 11), torch.randn(2, 8, 9, 11)
+    masks_s = discs.source_masks(torch.randn(2, 5, 36, 44), torch.randint(0, 5, (2, 36, 44)), 0.5, (9, 11))
+    masks_t, _ = discs.target_masks(torch.randn(2, 5, 36, 44), 0.5, (9, 11))
+
+    def loss_and_grads(outputs):
+        discs.zero_grad(set_to_none=True)
+        loss = sd.discriminator_loss(*outputs, masks_t.tau)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in discs.parameters()]
+
+    both = loss_and_grads(discs._ssd_both(feat_s, feat_t, masks_s, masks_t))
+    apart = loss_and_grads((discs._ssd(feat_s, masks_s), discs._ssd(feat_t, masks_t)))
+    torch.testing.assert_close(both[0], apart[0])
+    for g_both, g_apart in zip(both[1], apart[1]):
+        torch.testing.assert_close(g_both, g_apart, rtol=1e-4, atol=1e-6)
+    # Different sizes: two passes.
+    small, _ = discs.target_masks(torch.randn(2, 5, 20, 24), 0.5, (5, 6))
+    out_s, out_t = discs._ssd_both(feat_s, torch.randn(2, 8, 5, 6), masks_s, small)
+    assert out_s.logits.shape[-2:] == discs.output_size(9, 11) and out_t.logits.shape[-2:] == discs.output_size(5, 6)
