@@ -1,4 +1,5 @@
-"""One whole SSF-DAN training iteration (docs/semantics.md section 5) as ssfdan-train runs it, and the discriminator's share.
+"""One whole SSF-DAN training iteration (docs/semantics.md section 5) as ssfdan-train runs it, and the discriminator's
+share.
 
     python benchmarks/bench_iteration.py --preset cpu                       # small segmenter, this CPU
     python benchmarks/bench_iteration.py --preset cpu-paperwidth --rows none global ssd-fused --repeats 3

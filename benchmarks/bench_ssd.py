@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
     for row in rows:  # how far the fused backend is from its bound (1.0: at the roofline)
         known = row["provider"] == "fused" and row["mode"] in bound
-        row["roofline_ms"] = round(bound[row["mode"]]["roofline_ms"], 2) if known else ""
+        row["roofline_ms"] = round(bound[row["mode"]]["roofline_ms"], 4) if known else ""
         row["vs_roofline"] = round(row["median_ms"] / bound[row["mode"]]["roofline_ms"], 2) if known else ""
     columns = ["provider", "mode", "median_ms", "peak_mb", "fwd_gflop", "speedup_vs_fastest_dense",
                "memory_vs_fastest_dense", *(("roofline_ms", "vs_roofline") if bound else ())]

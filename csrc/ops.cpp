@@ -3,7 +3,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(ssfdan_ext, m) {
-  // docs/semantics.md section 2: per-bin mode of a label map, IGNORE (255) pixels not counted, ties to the lowest class.
+  // docs/semantics.md section 2: per-bin mode of a label map, IGNORE (255) pixels not counted, ties to the lowest
+  // class.
   m.def("mode_downsample(Tensor labels, int out_h, int out_w, int num_classes) -> Tensor");
   // docs/semantics.md section 3, separation + layer 1: cells sorted by class (IGNORE last) -> (rows (B*h*w, m) holding
   // W1_c F(p) + b1_c for class cells and 0 for IGNORE cells, order (B*h*w,) cell index of each row,

@@ -4,8 +4,8 @@ Each check runs one op on one device in one dtype, on two kinds of tiny inputs (
 and tie-heavy ones: integer-valued logits, integer-valued operands of the linear layers, labels whose
 mode-downsampling bins tie and classes without a cell), and compares the forward result and every gradient with
 the plain-PyTorch definition computed on the CPU.
-A float field's error is ``max|actual - expected| / max(max|expected|, 1)`` (docs/semantics.md section 3's scaling); integer
-fields must match exactly. bfloat16 runs compare with the float32 definition evaluated on the same
+A float field's error is ``max|actual - expected| / max(max|expected|, 1)`` (docs/semantics.md section 3's scaling);
+integer fields must match exactly. bfloat16 runs compare with the float32 definition evaluated on the same
 bfloat16-rounded inputs, so their tolerance covers the rounding of intermediate results to bfloat16 only.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from .geometry import KERNELS, output_size
 from .nn import SeparatedDiscriminator
 from .types import IGNORE
 
-# float32: docs/semantics.md section 3 (rtol 1e-4 after scaling). bfloat16 (8 significant bits, 2**-8 = 3.9e-3 relative) for
-# one linear layer: outputs rounded to bfloat16, measured at up to 4e-3 here; a wrong tap or class errs by O(1).
-# The whole SS-D in bfloat16 has a budget relative to the reference's own bfloat16 error instead.
+# float32: docs/semantics.md section 3 (rtol 1e-4 after scaling). bfloat16 (8 significant bits, 2**-8 = 3.9e-3 relative)
+# for one linear layer: outputs rounded to bfloat16, measured at up to 4e-3 here; a wrong tap or class errs by O(1). The
+# whole SS-D in bfloat16 has a budget relative to the reference's own bfloat16 error instead.
 TOLERANCES = {torch.float32: 1e-4, torch.bfloat16: 5e-2}
 KINDS = ("random", "ties")
 C, N, CHANNELS, STRIDES = 3, 4, (6, 5, 4, 3), (1, 2, 1, 2, 1)
@@ -61,7 +61,7 @@ class Comparison:
             return
         if not expected.numel():
             err = 0.0
-        elif relative:  # per element, relative to the expected value (docs/semantics.md section 1.4: conf_sums within 1e-5 relative)
+        elif relative:  # per element, relative to the expected value (docs/semantics.md 1.4: within 1e-5 relative)
             err = float(((actual - expected).abs() / expected.abs().clamp(min=1e-30)).max())
         else:
             err = float((actual - expected).abs().max() / max(float(expected.abs().max()), 1.0))
@@ -165,7 +165,8 @@ def check_mode_downsample(device: str, dtype: torch.dtype, impl: str | None, gen
 
 
 def _separated_conv1x1(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """docs/semantics.md section 3, steps 2-3 for layer 1, literally: the separated input through the grouped 1x1 conv."""
+    """docs/semantics.md section 3, steps 2-3 for layer 1, literally: the separated input through the grouped 1x1
+    conv."""
     B, n, h, w = features.shape
     masks = (labels.unsqueeze(1) == torch.arange(C).view(1, C, 1, 1)).to(features.dtype)
     return F.conv2d((masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w), weight, bias, groups=C)
@@ -281,8 +282,8 @@ def _ssd_run(backend: str, dtype: torch.dtype, device: str, weights: list[Tensor
 
 def check_separated_discriminator(device: str, dtype: torch.dtype, backend: str | None,
                                   gen: torch.Generator) -> Comparison:
-    """float32: the backend against the reference within docs/semantics.md section 3's tolerance. bfloat16: against the float64
-    reference, at most twice as far as the reference itself run in bfloat16 (+1e-2), as tests/test_sparse_ssd.py
+    """float32: the backend against the reference within docs/semantics.md section 3's tolerance. bfloat16: against the
+    float64 reference, at most twice as far as the reference itself run in bfloat16 (+1e-2), as tests/test_sparse_ssd.py
     asks: intermediates rounded near the LeakyReLU kink move some gradients by 10% on some seeds."""
     cmp = Comparison()
     names = ["logits", "grad features"] + [f"grad convs.{l}.{p}" for p in ("weight", "bias") for l in range(5)]

@@ -86,7 +86,8 @@ def report_lines() -> list[str]:
 
 @contextlib.contextmanager
 def float32_arithmetic() -> Iterator[None]:
-    """TF32 off while checking: the float32 tolerances of docs/semantics.md assume float32 products (as tests/conftest.py)."""
+    """TF32 off while checking: the float32 tolerances of docs/semantics.md assume float32 products (as
+    tests/conftest.py)."""
     saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:

@@ -1,7 +1,9 @@
-"""The semantics of docs/semantics.md in plain PyTorch: the truth every kernel is compared with, written as naive per-class loops.
+"""The semantics of docs/semantics.md in plain PyTorch: the truth every kernel is compared with, written as naive
+per-class loops.
 
 Nothing here is fused or clever on purpose: each function follows the docs/semantics.md section it names, step by step.
-Shapes use the notation of docs/semantics.md: B batch, C classes, n feature channels, (h, w) feature size, (H, W) label size.
+Shapes use the notation of docs/semantics.md: B batch, C classes, n feature channels, (h, w) feature size, (H, W) label
+size.
 """
 from __future__ import annotations
 
@@ -19,19 +21,18 @@ from .types import IGNORE, DiscriminatorOutput, Selection
 
 
 
-# --- docs/semantics.md section 1: progressive confidence selection -------------------------------------------------------
+# --- docs/semantics.md section 1: progressive confidence selection ----------------------------------------------------
 
 def softmax_confidence(logits: Tensor) -> tuple[Tensor, Tensor]:
     """Per-pixel (confidence, label): the max and argmax of the softmax over classes.
 
     ``label`` is the first index of the largest logit (the class of the largest probability; ties go to the
     lowest index, as ``torch.argmax``). ``confidence = 1 / sum_c exp(x_c - max_c x_c)`` is accumulated in
-    float64 from the float32 logits and rounded once to float32 **(choice)**: the thresholds of docs/semantics.md section 1.3 compare
-    confidences exactly, and a float32 softmax rounds differently with every summation order and exp
-    implementation (vectorised CPU, C++ loop, CUDA), so kernels could disagree about ties and thresholds.
-    Rounding one float64 value makes every backend produce the same float32 bits (last-bit differences of
-    float64 exp almost never survive the rounding), while still being the float32 max probability to within
-    half an ulp.
+    float64 from the float32 logits and rounded once to float32 **(choice)**: the thresholds of docs/semantics.md
+    section 1.3 compare confidences exactly, and a float32 softmax rounds differently with every summation order and exp
+    implementation (vectorised CPU, C++ loop, CUDA), so kernels could disagree about ties and thresholds. Rounding one
+    float64 value makes every backend produce the same float32 bits (last-bit differences of float64 exp almost never
+    survive the rounding), while still being the float32 max probability to within half an ulp.
 
     Shapes: logits (B, C, H, W) -> confidence (B, H, W) float32, label (B, H, W) int64.
     """
@@ -48,7 +49,8 @@ def keep_count(rho: float, n: int) -> int:
 
 
 def class_thresholds(confidence: Tensor, label: Tensor, rho: float, num_classes: int) -> Tensor:
-    """thr[b, c] = the K-th largest confidence among the pixels labelled c (docs/semantics.md section 1.3); +inf when K = 0.
+    """thr[b, c] = the K-th largest confidence among the pixels labelled c (docs/semantics.md section 1.3); +inf
+    when K = 0.
 
     Shapes: confidence, label (B, H, W) -> (B, C) float32.
     """
@@ -71,7 +73,8 @@ def ca_r_tau(counts: Tensor, conf_sums: Tensor) -> Tensor:
 
 
 def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequence[int]] = ()) -> Selection:
-    """docs/semantics.md section 1: per image and class, keep the top-rho most confident pixels (ties at the threshold kept).
+    """docs/semantics.md section 1: per image and class, keep the top-rho most confident pixels (ties at the threshold
+    kept).
 
     ``out_sizes``: for each (h, w), ``Selection.downsampled`` holds ``mode_downsample(labels, (h, w), C)``.
 
@@ -106,7 +109,7 @@ def confidence_select(logits: Tensor, rho: float, *, out_sizes: Sequence[Sequenc
     )
 
 
-# --- docs/semantics.md section 2: mode downsampling -----------------------------------------------------------------------
+# --- docs/semantics.md section 2: mode downsampling -------------------------------------------------------------------
 
 def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Tensor:
     """docs/semantics.md section 2: each output cell takes the most frequent labelled class of its adaptive-pooling bin.
@@ -128,7 +131,7 @@ def mode_downsample(labels: Tensor, size: Sequence[int], num_classes: int) -> Te
     return out
 
 
-# --- docs/semantics.md section 3: the Semantic-wise Separable Discriminator ------------------------------------------------
+# --- docs/semantics.md section 3: the Semantic-wise Separable Discriminator -------------------------------------------
 
 def ssd_forward(
     features: Tensor,
@@ -158,7 +161,8 @@ def ssd_forward(
     bias_stacks = list(zip(*(b.chunk(C) for b in biases)))
     logits = None
     for c in range(C):
-        # Selection, not multiplication by the mask (docs/semantics.md section 3.2): 0 * NaN would put a non-finite feature everywhere.
+        # Selection, not multiplication by the mask (docs/semantics.md section 3.2): 0 * NaN would put a non-finite
+        # feature everywhere.
         x = torch.where((lf == c).unsqueeze(1), features, features.new_zeros(()))
         for layer, (weight, bias, stride, padding) in enumerate(zip(stacks[c], bias_stacks[c], strides, PADDINGS)):
             x = F.conv2d(x, weight, bias, stride, padding)
@@ -278,7 +282,7 @@ def sparse_conv3x3(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor,
     return torch.stack(out) if out else table.new_zeros((0, mo))
 
 
-# --- docs/semantics.md sections 4 and 5: CA-R weights and losses ----------------------------------------------------------
+# --- docs/semantics.md sections 4 and 5: CA-R weights and losses ------------------------------------------------------
 
 def car_weights(tau: Tensor | None, labels: Tensor) -> Tensor:
     """R[b, q] = tau[b, labels[b, q]] on labelled cells, 0 on IGNORE cells; without tau, R = 1 on labelled cells.

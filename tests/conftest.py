@@ -35,8 +35,8 @@ def _cuda_ready() -> bool:
     return torch.cuda.is_available() and ssfdan_ext.has_cuda_kernels()
 
 
-# The float32 tolerances of docs/semantics.md assume float32 arithmetic: TF32 convolutions and matmuls (on by default for cuDNN
-# on Ampere and newer) round differently in each backend and would exceed them.
+# The float32 tolerances of docs/semantics.md assume float32 arithmetic: TF32 convolutions and matmuls (on by default
+# for cuDNN on Ampere and newer) round differently in each backend and would exceed them.
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 

@@ -1,4 +1,5 @@
-"""confidence_select: the selection rule of docs/semantics.md, the compiled kernels against the reference, edge cases, errors."""
+"""confidence_select: the selection rule of docs/semantics.md, the compiled kernels against the reference, edge cases,
+errors."""
 from __future__ import annotations
 
 import gc

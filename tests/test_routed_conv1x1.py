@@ -27,7 +27,8 @@ def _case(B=2, n=5, h=7, w=9, C=3, m=4, seed=0, dtype=torch.float32, device="cpu
 
 
 def _separated_conv(features, labels, weight, bias, C):
-    """docs/semantics.md section 3, steps 2-3 for layer 1, literally: the separated input through the grouped 1x1 conv."""
+    """docs/semantics.md section 3, steps 2-3 for layer 1, literally: the separated input through the grouped 1x1
+    conv."""
     B, n, h, w = features.shape
     masks = (labels.unsqueeze(1) == torch.arange(C, device=labels.device).view(1, C, 1, 1)).to(features.dtype)
     return F.conv2d((masks.unsqueeze(2) * features.unsqueeze(1)).reshape(B, C * n, h, w), weight, bias, groups=C)

@@ -68,8 +68,8 @@ def _batch(trainer, it):
 
 @pytest.mark.parametrize("car, masks", [(True, "prediction"), (False, "ground_truth")])
 def test_step_computes_the_spec_losses(tmp_path, car, masks):
-    """The logged losses of an ssd+global step, and the gradients each optimiser steps with, equal the docs/semantics.md section
-    5 iteration written with the public API."""
+    """The logged losses of an ssd+global step, and the gradients each optimiser steps with, equal the docs/semantics.md
+    section 5 iteration written with the public API."""
     trainer = Trainer(tiny_config(tmp_path, adaptation="ssd+global", car=car, source_masks=masks, iterations=4))
     try:
         trainer.step(0)

@@ -1,4 +1,5 @@
-// Semantic separation + the first (1x1) SS-D layer as a top-1 routed GEMM, written with ATen (docs/semantics.md section 3).
+// Semantic separation + the first (1x1) SS-D layer as a top-1 routed GEMM, written with ATen
+// (docs/semantics.md section 3).
 //
 // Separating the features by class and applying class c's 1x1 convolution gives W1_c F(p) + b1_c at the cells
 // labelled c and the bias b1_c everywhere else, so only one (class, cell) product per cell is needed: cells are
@@ -11,9 +12,11 @@
 
 #include <algorithm>
 #include <array>
+#include <tuple>
 #include <vector>
 
 #include "../mode_downsample.h"
+#include "zeroed.h"
 
 namespace ssfdan_ext {
 namespace {
@@ -167,8 +170,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
     else grad_rows = at::zeros({N, n}, features.options());
   }
   if (output_mask[1]) {  // written once: a class's first chunk overwrites its rows, classes without cells get 0
-    grad_weight = at::empty({C * m, n}, features.options());
-    for (int64_t c = 0; c < C; ++c) {
+    bool zeroed = false;
+    std::tie(grad_weight, zeroed) = weight_grad_buffer({C * m, n}, features.options());
+    for (int64_t c = 0; c < C && !zeroed; ++c) {
       if (off[c] == off[c + 1]) grad_weight.narrow(0, c * m, m).zero_();
     }
     src = cpu ? features.contiguous() : cell_rows(features);

@@ -9,9 +9,11 @@
 
 #include <algorithm>
 #include <array>
+#include <tuple>
 #include <vector>
 
 #include "../mode_downsample.h"
+#include "zeroed.h"
 
 namespace ssfdan_ext {
 namespace {
@@ -150,9 +152,10 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   // the rows of classes without pairs are zeroed (no full-size zero fill before the GEMMs).
   const Tensor host_offsets = offsets.cpu();
   if (mask[1]) {
-    grad_weight = at::empty({C, mo, mi * 9}, table.options());
+    bool zeroed = false;
+    std::tie(grad_weight, zeroed) = weight_grad_buffer({C, mo, mi * 9}, table.options());
     const int64_t* off = host_offsets.data_ptr<int64_t>();
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = 0; c < C && !zeroed; ++c) {
       if (off[c] == off[c + 1]) grad_weight[c].zero_();
     }
   }

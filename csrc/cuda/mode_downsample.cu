@@ -1,5 +1,5 @@
-// CUDA kernel of docs/semantics.md section 2 (mode downsampling). Kept free of torch headers so that nvcc compiles it in
-// seconds; the tensor-facing side lives in mode_downsample_cuda.cpp.
+// CUDA kernel of docs/semantics.md section 2 (mode downsampling). Kept free of torch headers so that nvcc compiles it
+// in seconds; the tensor-facing side lives in mode_downsample_cuda.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>

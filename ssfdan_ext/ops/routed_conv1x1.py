@@ -1,4 +1,5 @@
-"""routed_conv1x1: semantic separation + the first SS-D layer (docs/semantics.md section 3, steps 2-3) as a top-1 routed GEMM.
+"""routed_conv1x1: semantic separation + the first SS-D layer (docs/semantics.md section 3, steps 2-3) as a top-1 routed
+GEMM.
 
 The first SS-D layer is 1x1, and the separated input of class c is zero outside class c's cells, so class c's
 pre-activation is ``W1_c F(p) + b1_c`` at its own cells and the constant ``b1_c`` at every other cell. Each cell

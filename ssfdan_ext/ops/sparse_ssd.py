@@ -1,4 +1,5 @@
-"""sparse_ssd: the whole SS-D (docs/semantics.md section 3) evaluated exactly on the (class, cell) pairs that can matter.
+"""sparse_ssd: the whole SS-D (docs/semantics.md section 3) evaluated exactly on the (class, cell) pairs that can
+matter.
 
 Class c's activation after layer l equals a constant ``k_l^c`` (the stack's response to an all-zero input far
 from the border) except on the explicit set ``E_l^c = A_l^c ∩ N_l^c``: ``A`` holds the cells a class-c cell or

@@ -1,7 +1,7 @@
 """Training configuration: one flat dataclass, YAML files and ``key=value`` overrides, checked key by key.
 
-The dataclass defaults are the paper's GTA5 -> Cityscapes setting (docs/semantics.md section 7; dataset roots unset). Without
-``--config`` the driver runs the embedded synthetic config (``ssfdan_ext/train/configs/synthetic.yaml``, the
+The dataclass defaults are the paper's GTA5 -> Cityscapes setting (docs/semantics.md section 7; dataset roots unset).
+Without ``--config`` the driver runs the embedded synthetic config (``ssfdan_ext/train/configs/synthetic.yaml``, the
 same file as ``configs/synthetic.yaml``), which needs no files.
 """
 from __future__ import annotations

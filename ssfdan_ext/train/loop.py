@@ -1,4 +1,5 @@
-"""The SSF-DAN training loop (docs/semantics.md section 5): segmentation, confidence selection, CA-R adversarial losses."""
+"""The SSF-DAN training loop (docs/semantics.md section 5): segmentation, confidence selection, CA-R adversarial
+losses."""
 from __future__ import annotations
 
 import contextlib
@@ -214,7 +215,8 @@ class Trainer:
         return sum((D.global_normalize(t.loss, t.count, self.dist) for t in terms), torch.zeros((), device=self.device))
 
     def step(self, it: int) -> dict:
-        """Iteration ``it`` (docs/semantics.md section 5); returns the CSV row (losses averaged over the global batch)."""
+        """Iteration ``it`` (docs/semantics.md section 5); returns the CSV row (losses averaged over the global
+        batch)."""
         cfg, dev = self.cfg, self.device
         self.model_ddp.train()
         if cfg.freeze_bn:
