@@ -65,3 +65,22 @@ def test_sample_inputs_match_the_reference():
         expected = reference.sparse_ssd_rulebook(lf, lo, C, strides)
         assert torch.equal(rb.lf_masked, expected[0]) and torch.equal(rb.out_index, expected[3])
         assert all(torch.equal(a, b) for a, b in zip(rb.taps, expected[1]))
+
+
+@pytest.mark.parametrize("kind,C,strides,h,w,B", [("random", 4, (1, 2, 2, 2, 2), 9, 13, (1, 2)),
+                                                  ("street", 19, (1, 2, 1, 1, 2), 9, 13, (2, 1)),
+                                                  ("checkerboard", 5, (1, 1, 1, 1, 1), 6, 7, (1, 1)),
+                                                  ("all_ignore", 3, (1, 2, 2, 2, 2), 5, 5, (1, 1))])
+def test_concatenated_rulebooks_equal_the_rulebook_of_the_concatenated_maps(kind, C, strides, h, w, B):
+    from ssfdan_ext.ops.sparse_ssd_rulebook import concat_rulebooks
+
+    maps = [downsampled_maps(label_layout(k, b, 4 * h, 4 * w, C, seed=s), C, h, w, strides)
+            for k, b, s in ((kind, B[0], 1), ("random" if kind != "all_ignore" else kind, B[1], 2))]
+    a, b = (sparse_ssd_rulebook(lf, lo, C, strides[1:]) for lf, lo in maps)
+    joint = sparse_ssd_rulebook(torch.cat([maps[0][0], maps[1][0]]), torch.cat([maps[0][1], maps[1][1]]), C,
+                                strides[1:])
+    got = concat_rulebooks(a, b, C)
+    assert torch.equal(got.lf_masked, joint.lf_masked) and torch.equal(got.out_index, joint.out_index)
+    for layer in range(4):
+        assert torch.equal(got.taps[layer], joint.taps[layer]), f"taps of layer {layer + 2}"
+        assert torch.equal(got.offsets[layer], joint.offsets[layer]), f"offsets of layer {layer + 2}"

@@ -277,3 +277,21 @@ def test_plan_reuse_equals_labels_and_rejects_other_features(backend):
     other = SeparatedDiscriminator(4, N, CHANNELS, backend=backend)
     with pytest.raises(ValueError, match="3 classes"):
         other(features, plan=plan)
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped", "fused"])
+def test_concatenated_plans_evaluate_both_batches_at_once(backend):
+    torch.manual_seed(0)
+    C = 5
+    disc = SeparatedDiscriminator(C, N, CHANNELS, (1, 2, 1, 2, 1), backend=backend)
+    fa, fb = torch.randn(1, N, 7, 9), torch.randn(2, N, 7, 9)
+    pa = disc.plan(label_layout("street", 1, 28, 36, C, seed=1), (7, 9))
+    pb = disc.plan(label_layout("random", 2, 28, 36, C, seed=2), (7, 9))
+    joint = disc(torch.cat([fa, fb]), plan=disc.concat_plans(pa, pb))
+    apart = [disc(fa, plan=pa), disc(fb, plan=pb)]
+    torch.testing.assert_close(joint.logits, torch.cat([o.logits for o in apart]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(joint.labels, torch.cat([o.labels for o in apart]))
+    with pytest.raises(ValueError, match="cannot be joined: one size, one device"):
+        disc.concat_plans(pa, disc.plan(label_layout("random", 1, 28, 36, C, seed=3), (6, 9)))
+    with pytest.raises(TypeError, match="plan must come from SeparatedDiscriminator.plan"):
+        disc.concat_plans(pa, (pa.lf, pa.lo))

@@ -219,8 +219,8 @@ def test_kept_pixels_are_logged_and_start_at_zero(tmp_path):
 
 
 def test_each_label_map_gets_one_rulebook_per_iteration(tmp_path, monkeypatch):
-    # The target plan serves the generator's pass; the discriminator's step evaluates both domains in one forward
-    # (same sizes here) with one rulebook for the two batches: two builds per iteration.
+    # The target labels serve the generator's pass and the discriminator's target pass: one rulebook for both,
+    # and one for the source labels; the discriminator step joins the two without building another.
     from ssfdan_ext.nn import separated_discriminator as module
 
     calls = []

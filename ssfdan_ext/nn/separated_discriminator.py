@@ -15,7 +15,7 @@ from .._checks import check_num_classes, check_same_device, check_size, check_te
 from .._ext import has_compiled_ops, triton_available
 from ..ops.mode_downsample import mode_downsample
 from ..ops.sparse_ssd import sparse_ssd_forward
-from ..ops.sparse_ssd_rulebook import Rulebook, _rulebook
+from ..ops.sparse_ssd_rulebook import Rulebook, _rulebook, concat_rulebooks
 from ..types import IGNORE, DiscriminatorOutput
 
 BACKENDS = ("auto", "reference", "grouped", "fused")
@@ -146,6 +146,26 @@ class SeparatedDiscriminator(nn.Module):
             rulebook = _rulebook(lf, lo, self.num_classes, self.strides[1:])
         return SSDPlan(lf, lo, rulebook, (h, w), self.num_classes, self.strides)
 
+    def concat_plans(self, first: SSDPlan, second: SSDPlan) -> SSDPlan:
+        """The plan of two batches evaluated together (``first``'s images first), made from their plans without
+        downsampling or walking the sets again: one forward over both batches reads the weights, and writes
+        their gradient, once (a training step's source and target passes). The plans must fit features of one
+        size on one device.
+        """
+        for plan in (first, second):
+            self._check_plan_source(plan)
+        if tuple(first.feature_size) != tuple(second.feature_size) or first.lf.device != second.lf.device:
+            raise ValueError(f"plans for feature maps of sizes {first.feature_size} and {second.feature_size} on "
+                             f"{first.lf.device} and {second.lf.device} cannot be joined: one size, one device")
+        rulebook = None
+        if first.rulebook is not None and second.rulebook is not None:
+            rulebook = concat_rulebooks(first.rulebook, second.rulebook, self.num_classes)
+        elif self.resolve_backend(first.lf.device) == "fused":
+            rulebook = _rulebook(torch.cat([first.lf, second.lf]), torch.cat([first.lo, second.lo]), self.num_classes,
+                                 self.strides[1:])
+        return SSDPlan(torch.cat([first.lf, second.lf]), torch.cat([first.lo, second.lo]), rulebook,
+                       tuple(first.feature_size), self.num_classes, self.strides)
+
     def forward(self, features: Tensor, labels: Tensor | None = None, *,
                 label_maps: tuple[Tensor, Tensor] | None = None, plan: SSDPlan | None = None) -> DiscriminatorOutput:
         """Class-wise domain logits of the feature cells.
@@ -195,12 +215,15 @@ class SeparatedDiscriminator(nn.Module):
         x = torch.where(own, features.unsqueeze(1), features.new_zeros(())).reshape(B, C * n, h, w)
         return self._grouped_layers(x, lo, first=0)
 
-    def _check_plan(self, features: Tensor, plan: object) -> None:
+    def _check_plan_source(self, plan: object) -> None:
         if not isinstance(plan, SSDPlan):
             raise TypeError(f"plan must come from SeparatedDiscriminator.plan, got {type(plan).__name__}")
         if plan.num_classes != self.num_classes or tuple(plan.strides) != tuple(self.strides):
             raise ValueError(f"plan was built for {plan.num_classes} classes and strides {plan.strides}, this "
                              f"discriminator has {self.num_classes} and {self.strides}")
+
+    def _check_plan(self, features: Tensor, plan: object) -> None:
+        self._check_plan_source(plan)
         B, _, h, w = features.shape
         built = (plan.lf.shape[0], tuple(plan.feature_size), plan.lf.device)
         if (B, (h, w), features.device) != built:

@@ -72,6 +72,59 @@ def _rulebook(lf: Tensor, lo: Tensor, num_classes: int, strides: Sequence[int]) 
     return Rulebook(lf_masked, tuple(taps), tuple(offsets), out_index)
 
 
+
+def _joint_rows(counts_a: Tensor, counts_b: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the rows of two class-sorted tables go in their joint table (class by class, a's rows before b's):
+    the shift of a's rows and of b's rows in each segment. Shapes: counts (S,) rows per segment -> two (S,)."""
+    zero = counts_a.new_zeros(1)
+    before_a = torch.cat([zero, torch.cumsum(counts_a, 0)[:-1]])
+    before_b = torch.cat([zero, torch.cumsum(counts_b, 0)[:-1]])
+    return before_b, before_a + counts_a
+
+
+def _remap(index: Tensor, rows: Tensor, segments: Tensor, shift: Tensor, tail_shift: int) -> Tensor:
+    """Table row numbers of one rulebook in the joint table: a row below ``rows`` (explicit, sorted into segments
+    with the given start offsets ``segments``) moves by its segment's ``shift``; a constant or the zero row by
+    ``tail_shift``."""
+    explicit = index < rows
+    segment = torch.searchsorted(segments[1:].contiguous(), index.clamp(max=max(rows - 1, 0)), right=True)
+    return torch.where(explicit, index + shift[segment.clamp(max=shift.numel() - 1)], index + tail_shift)
+
+
+def concat_rulebooks(a: Rulebook, b: Rulebook, num_classes: int) -> Rulebook:
+    """The rulebook of two batches together (a's images first): equal to :func:`sparse_ssd_rulebook` on the
+    concatenated label maps, without walking the sets again. Within a class, a's pairs come before b's, as the
+    batch order gives them.
+    """
+    C = num_classes
+    # Layer 1's rows: every cell, sorted by class with IGNORE last (C + 1 segments).
+    counts = [torch.bincount(rb.lf_masked.reshape(-1).clamp(max=C), minlength=C + 1) for rb in (a, b)]
+    rows = [rb.lf_masked.numel() for rb in (a, b)]
+    segs = [torch.cat([c.new_zeros(1), torch.cumsum(c, 0)]) for c in counts]
+    taps, offsets = [], []
+    for layer in range(4):
+        shift_a, shift_b = _joint_rows(*counts)
+        new = []
+        for k, (rb, shift) in enumerate(((a, shift_a), (b, shift_b))):
+            tail = rows[1 - k]  # a constant or the zero row moves past the other table's explicit rows
+            new.append(_remap(rb.taps[layer], rows[k], segs[k], shift, tail))
+        off_a, off_b = a.offsets[layer], b.offsets[layer]
+        pair_counts = [off_a[1:] - off_a[:-1], off_b[1:] - off_b[:-1]]
+        pos_a, pos_b = _joint_rows(*pair_counts)
+        joint = new[0].new_empty((new[0].shape[0] + new[1].shape[0], 9))
+        for t, pos, off in ((new[0], pos_a, off_a), (new[1], pos_b, off_b)):
+            cls = torch.searchsorted(off[1:].contiguous(), torch.arange(t.shape[0], device=t.device), right=True)
+            joint[torch.arange(t.shape[0], device=t.device) + pos[cls]] = t
+        taps.append(joint)
+        offsets.append(off_a + off_b)
+        counts, rows = pair_counts, [t.shape[0] for t in new]
+        segs = [off_a, off_b]
+    shift_a, shift_b = _joint_rows(*counts)
+    out = [_remap(rb.out_index, rows[k], segs[k], shift, rows[1 - k])
+           for k, (rb, shift) in enumerate(((a, shift_a), (b, shift_b)))]
+    return Rulebook(torch.cat([a.lf_masked, b.lf_masked]), tuple(taps), tuple(offsets), torch.cat(out))
+
+
 if has_compiled_ops():
 
     @torch.library.register_fake("ssfdan_ext::sparse_ssd_rulebook")

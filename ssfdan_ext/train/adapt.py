@@ -27,7 +27,8 @@ class Masks(NamedTuple):
     mode downsamplings to the feature and SS-D output sizes; tau (B, C) CA-R weights of the target or None;
     soft (B, C, h', w') class fractions of the unfiltered prediction, or None; kept (B, C) int64 pixels kept per
     image and class by the confidence selection, or None; plan: the SS-D's label-dependent part (downsampled maps
-    and rulebook) of the target, built once per iteration for the generator's pass, or None.
+    and rulebook), built once per iteration and used by every SS-D pass on this domain (the discriminator step
+    joins the two domains' plans), or None.
     """
 
     labels: Tensor | None
@@ -128,9 +129,7 @@ class Discriminators(nn.Module):
                 labels, maps = sel.labels, tuple(sel.downsampled)
         if self.soft is not None:
             soft = soft_class_weights(ground_truth if use_truth else pred.argmax(1), out, self.num_classes)
-        # No plan: the source labels serve one SS-D pass only (in the discriminator step, with the target's when
-        # the sizes allow, see _ssd_both).
-        return Masks(labels, maps, None, soft, None, None)
+        return Masks(labels, maps, None, soft, None, self._plan(labels, feature_size, maps))
 
     def _ssd(self, features: Tensor, masks: Masks) -> DiscriminatorOutput:
         if masks.plan is not None:
@@ -139,14 +138,13 @@ class Discriminators(nn.Module):
 
     def _ssd_both(self, feat_s: Tensor, feat_t: Tensor, masks_s: Masks,
                   masks_t: Masks) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
-        """The SS-D outputs of both domains. When their features and labels have the same sizes, one forward over
-        the two batches together (the SS-D treats every image on its own, so the outputs are those of two passes):
-        the weights are read and their gradient written once instead of twice."""
-        if feat_s.shape[1:] != feat_t.shape[1:] or masks_s.labels.shape[1:] != masks_t.labels.shape[1:]:
+        """The SS-D outputs of both domains. When their features have the same size, one forward over the two
+        batches together on their joined plans (the SS-D treats every image on its own, so the outputs are those of
+        two passes): the weights are read and their gradient written once instead of twice."""
+        if feat_s.shape[1:] != feat_t.shape[1:]:
             return self._ssd(feat_s, masks_s), self._ssd(feat_t, masks_t)
         B = feat_s.shape[0]
-        maps = tuple(torch.cat(pair) for pair in zip(masks_s.maps, masks_t.maps))
-        out = self.ssd(torch.cat([feat_s, feat_t]), torch.cat([masks_s.labels, masks_t.labels]), label_maps=maps)
+        out = self.ssd(torch.cat([feat_s, feat_t]), plan=self.ssd.concat_plans(masks_s.plan, masks_t.plan))
         return (DiscriminatorOutput(out.logits[:B], out.labels[:B]),
                 DiscriminatorOutput(out.logits[B:], out.labels[B:]))
 
