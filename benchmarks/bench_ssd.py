@@ -115,9 +115,10 @@ def roofline(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch
     the pass must move at the measured copy bandwidth (what the roofline of a weight-traffic-bound pass is).
 
     Bytes: the forward reads the weights of the classes with a labelled output cell (the only ones it evaluates);
-    the backward reads them again (for the input gradients) and writes the whole weight gradient (those classes'
-    rows computed, the others zeroed). The backward executes twice the forward's FLOPs (input and weight
-    gradients). Features, activations and tables are left out (under 1% of the weights at the paper's widths).
+    the backward reads them again (for the input gradients) and writes their weight-gradient rows. The other
+    classes' gradient rows are zero and need no traffic (on the CPU they are pages never touched). The backward
+    executes twice the forward's FLOPs (input and weight gradients). Features, activations and tables are left out
+    (under 1% of the weights at the paper's widths).
     """
     C, (h, w) = disc.num_classes, features.shape[-2:]
     lf = mode_downsample(labels, (h, w), C)
@@ -128,8 +129,8 @@ def roofline(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch
     params = sum(p.numel() for p in disc.parameters())
     size = features.element_size()
     read = params * present / C * size
-    bound = {"fwd": (flop, read), "bwd": (2 * flop, read + params * size)}
-    bound["full"] = bound["plan"] = (3 * flop, 2 * read + params * size)
+    bound = {"fwd": (flop, read), "bwd": (2 * flop, 2 * read)}
+    bound["full"] = bound["plan"] = (3 * flop, 3 * read)
     out = {}
     for mode, (f, b) in bound.items():
         ms = (f / (gemm_gflops * 1e9) + b / (copy_gbs * 1e9)) * 1e3
