@@ -244,12 +244,24 @@ def test_outputs_non_differentiable_and_logits_not_kept(device):
     assert ref() is None  # nothing in the outputs' history holds the logits
 
 
+def sample_inputs(device="cpu"):
+    """(logits, rho, flat out_sizes) cases of the op: ties at the threshold, random scores, one class, rho 0 and 1."""
+    ties = _grid_logits(2, 5, 9, 11, "ties", seed=2).to(device)
+    return [(ties, 0.5, [3, 4, 1, 1]), (ties.clone().requires_grad_(True), 0.8, []),
+            (_grid_logits(1, 19, 16, 24, "random", seed=3).to(device), 0.3, [2, 3]),
+            (_grid_logits(1, 1, 5, 6, "random", seed=4).to(device), 1.0, [5, 6]),
+            (_grid_logits(1, 4, 6, 6, "random", seed=5).to(device), 0.0, [])]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    logits = _grid_logits(2, 5, 9, 11, "ties", seed=2).to(device)
-    torch.library.opcheck(torch.ops.ssfdan_ext.confidence_select.default, (logits, 0.5, [3, 4, 1, 1]))
-    torch.library.opcheck(torch.ops.ssfdan_ext.confidence_select.default,
-                          (logits.clone().requires_grad_(True), 0.8, []))
+def test_opcheck_and_reference_on_sample_inputs(device):
+    for logits, rho, flat in sample_inputs(device):
+        torch.library.opcheck(torch.ops.ssfdan_ext.confidence_select.default, (logits, rho, flat))
+        sizes = tuple(zip(flat[::2], flat[1::2]))
+        expected = reference.confidence_select(logits.detach().cpu(), rho, out_sizes=sizes)
+        actual = ssfdan_ext.confidence_select(logits, rho, out_sizes=sizes)
+        assert torch.equal(actual.labels.cpu(), expected.labels) and torch.equal(actual.counts.cpu(), expected.counts)
+        assert all(torch.equal(a.cpu(), e) for a, e in zip(actual.downsampled, expected.downsampled))
 
 
 @pytest.mark.parametrize("sizes,error,match", [

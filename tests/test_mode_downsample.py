@@ -113,7 +113,16 @@ def test_cpp_checks_guard_direct_calls():
         op(torch.zeros(1, 2, 2, dtype=torch.int32), 1, 1, 2)
 
 
+def sample_inputs(device="cpu"):
+    """(labels, out_h, out_w, num_classes) cases of the op: random labels with IGNORE, a street scene, one class."""
+    return [(_random_labels(2, 12, 10, 5, seed=1).to(device), 5, 3, 5),
+            (street_labels(1, 64, 128, num_classes=19).to(device), 9, 17, 19),
+            (_random_labels(1, 7, 9, 1, seed=2).to(device), 7, 2, 1)]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck(device):
-    labels = _random_labels(2, 12, 10, 5, seed=1).to(device)
-    torch.library.opcheck(torch.ops.ssfdan_ext.mode_downsample.default, (labels, 5, 3, 5))
+def test_opcheck_and_reference_on_sample_inputs(device):
+    for labels, out_h, out_w, C in sample_inputs(device):
+        torch.library.opcheck(torch.ops.ssfdan_ext.mode_downsample.default, (labels, out_h, out_w, C))
+        expected = reference.mode_downsample(labels.cpu(), (out_h, out_w), C)
+        assert torch.equal(ssfdan_ext.mode_downsample(labels, (out_h, out_w), C).cpu(), expected)

@@ -101,7 +101,21 @@ class SegmentationDataset(Dataset):
         return x, y, name
 
 
-class GTA5(SegmentationDataset):
+class _ListedDataset(SegmentationDataset):
+    """A dataset whose images an optional list file names (``list_path``), with labels in Cityscapes label ids
+    mapped to the train ids of the protocol (``_lut``; a subclass with other ids replaces it)."""
+
+    def __init__(self, root: str | Path, split: str, num_classes: int, size: tuple[int, int] | None,
+                 list_path: str | Path | None = None, **kw) -> None:
+        self.list_path = list_path
+        self._lut = classes.cityscapes_id_lut(num_classes)
+        super().__init__(root, split, num_classes, size, **kw)
+
+    def _read_label(self, path: Path) -> np.ndarray:
+        return self._lut[np.clip(load_label_array(path), 0, 255)].astype(np.int64)
+
+
+class GTA5(_ListedDataset):
     """GTA5 (Playing for Data): labels in Cityscapes label ids, mapped to the 19 train ids (or 16/13).
 
     Shapes: as :class:`SegmentationDataset`; default size (720, 1280).
@@ -113,9 +127,7 @@ class GTA5(SegmentationDataset):
 
     def __init__(self, root: str | Path, split: str = "all", num_classes: int = 19,
                  size: tuple[int, int] | None = (720, 1280), list_path: str | Path | None = None, **kw) -> None:
-        self.list_path = list_path
-        self._lut = classes.cityscapes_id_lut(num_classes)
-        super().__init__(root, split, num_classes, size, **kw)
+        super().__init__(root, split, num_classes, size, list_path, **kw)
 
     def _names(self, folder: str) -> list[str]:
         if self.list_path is None and self.split == "all":
@@ -125,9 +137,6 @@ class GTA5(SegmentationDataset):
 
     def _list_items(self) -> list[Item]:
         return [(self.root / "images" / n, self.root / "labels" / n, n) for n in self._names("images")]
-
-    def _read_label(self, path: Path) -> np.ndarray:
-        return self._lut[np.clip(load_label_array(path), 0, 255)].astype(np.int64)
 
 
 class Synthia(GTA5):
@@ -153,7 +162,7 @@ class Synthia(GTA5):
         return self._lut[np.clip(read_png(path)[..., 0], 0, 255)].astype(np.int64)
 
 
-class Cityscapes(SegmentationDataset):
+class Cityscapes(_ListedDataset):
     """Cityscapes fine annotations (train or val), label ids mapped to the 19 train ids (or 16/13).
 
     Shapes: as :class:`SegmentationDataset`; default size (512, 1024).
@@ -167,9 +176,7 @@ class Cityscapes(SegmentationDataset):
                  size: tuple[int, int] | None = (512, 1024), list_path: str | Path | None = None, **kw) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split for Cityscapes must be 'train' or 'val', got {split!r}")
-        self.list_path = list_path
-        super().__init__(root, split, num_classes, size, **kw)
-        self._lut = classes.cityscapes_id_lut(num_classes)
+        super().__init__(root, split, num_classes, size, list_path, **kw)
 
     def _list_items(self) -> list[Item]:
         image_dir = self.root / "leftImg8bit" / self.split
@@ -181,9 +188,6 @@ class Cityscapes(SegmentationDataset):
         label_dir = self.root / "gtFine" / self.split
         return [(image_dir / r, label_dir / r.replace("_leftImg8bit.png", "_gtFine_labelIds.png"), Path(r).name)
                 for r in rels]
-
-    def _read_label(self, path: Path) -> np.ndarray:
-        return self._lut[np.clip(load_label_array(path), 0, 255)].astype(np.int64)
 
 
 CROSSCITY_CITIES = ("Rome", "Rio", "Tokyo", "Taipei")

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from .._checks import as_int, check_labels, check_nonempty, check_num_classes, check_same_device
+from .._buckets import row_classes
 from .._ext import has_compiled_ops, require_compiled
 
 
@@ -87,6 +88,7 @@ def _remap(index: Tensor, rows: Tensor, segments: Tensor, shift: Tensor, tail_sh
     with the given start offsets ``segments``) moves by its segment's ``shift``; a constant or the zero row by
     ``tail_shift``."""
     explicit = index < rows
+    # The segment of each explicit row (the row's class); constants and the zero row are clamped to the last row.
     segment = torch.searchsorted(segments[1:].contiguous(), index.clamp(max=max(rows - 1, 0)), right=True)
     return torch.where(explicit, index + shift[segment.clamp(max=shift.numel() - 1)], index + tail_shift)
 
@@ -113,8 +115,7 @@ def concat_rulebooks(a: Rulebook, b: Rulebook, num_classes: int) -> Rulebook:
         pos_a, pos_b = _joint_rows(*pair_counts)
         joint = new[0].new_empty((new[0].shape[0] + new[1].shape[0], 9))
         for t, pos, off in ((new[0], pos_a, off_a), (new[1], pos_b, off_b)):
-            cls = torch.searchsorted(off[1:].contiguous(), torch.arange(t.shape[0], device=t.device), right=True)
-            joint[torch.arange(t.shape[0], device=t.device) + pos[cls]] = t
+            joint[torch.arange(t.shape[0], device=t.device) + pos[row_classes(off, t.shape[0])]] = t
         taps.append(joint)
         offsets.append(off_a + off_b)
         counts, rows = pair_counts, [t.shape[0] for t in new]
