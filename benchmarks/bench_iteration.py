@@ -17,8 +17,9 @@ the same): frozen batch-norm statistics measured on the source batch (ImageNet w
 layouts (an untrained segmenter predicts one or two classes, and the discriminators' work depends on the layout).
 
 Columns: ``ms_per_iter`` (median over ``--repeats`` after ``--warmup``), ``x_none`` (relative to
-``adaptation=none`` in the same run and precision), ``disc_share`` (the discriminator's three passes, forward and
-backward, as a fraction of the iteration) and ``disc_share_opt`` (the same plus its Adam step), both from one
+``adaptation=none`` in the same run and precision), ``disc_share`` (the discriminator's passes, forward and
+backward, as a fraction of the iteration; ``disc_passes`` counts them: the generator's and the discriminator
+step's, two for the SS-D when the domains' features share a size, three otherwise) and ``disc_share_opt`` (the same plus its Adam step), both from one
 ``torch.profiler`` trace of an extra iteration: the passes are ``record_function`` ranges opened by module hooks,
 their backward the autograd nodes they created (matched by sequence number), the optimiser step PyTorch's own
 ``Optimizer.step#Adam.step`` range (median over ``--profiled`` iterations). On the CPU the times are the ranges'
