@@ -136,4 +136,3 @@ def check_layer_shapes(in_channels: int, channels: Sequence[int], strides: Seque
     if len(strides) != 5 or strides[0] != 1 or any(s not in (1, 2) for s in strides[1:]):
         raise ValueError(f"strides must be 5 ints: 1 for the 1x1 layer, then 1 or 2, got {strides}")
     return widths, strides
-

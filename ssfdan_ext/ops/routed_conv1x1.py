@@ -18,7 +18,7 @@ from .._checks import check_batch, check_floating, check_labels, check_nonempty,
 from .._checks import check_tensor
 from .._buckets import row_classes
 from .._ext import check_impl, has_compiled_ops, require_compiled, use_triton
-from ._grads import define_grad_op, register_layer_autograd
+from ._grads import define_grad_op, fake_grads, register_layer_autograd, spread
 
 class RoutedRows(NamedTuple):
     """Layer-1 pre-activations of the class cells, sorted by class.
@@ -63,11 +63,14 @@ def routed_conv1x1_op(features: Tensor, labels: Tensor, weight: Tensor, bias: Te
     return rows, order, offsets
 
 
-@routed_conv1x1_op.register_fake
-def _(features, labels, weight, bias, num_classes, impl):
+def _fake_rows(features, labels, weight, bias, num_classes, impl=None):
+    """The outputs' shapes: rows (N, m), order (N,), offsets (C+1,) (the registered op and its ATen kernel)."""
     N = labels.numel()
     return (features.new_empty((N, weight.shape[0] // num_classes)), labels.new_empty((N,)),
             labels.new_empty((num_classes + 1,)))
+
+
+routed_conv1x1_op.register_fake(_fake_rows)
 
 
 # The backward: (grad_rows, features, weight, [order, offsets], output_mask, impl) -> the requested gradients of
@@ -162,14 +165,8 @@ def routed_layer1_dense(features: Tensor, labels: Tensor, weight: Tensor, bias: 
 if has_compiled_ops():
     # The compiled ATen kernels behind the registered ops: their fakes, for torch.compile and opcheck.
 
-    @torch.library.register_fake("ssfdan_ext::routed_conv1x1_forward")
-    def _(features, labels, weight, bias, num_classes):
-        N = labels.numel()
-        return (features.new_empty((N, weight.shape[0] // num_classes)), labels.new_empty((N,)),
-                labels.new_empty((num_classes + 1,)))
+    torch.library.register_fake("ssfdan_ext::routed_conv1x1_forward", _fake_rows)
 
     @torch.library.register_fake("ssfdan_ext::routed_conv1x1_backward")
     def _(grad_rows, features, weight, order, offsets, output_mask):
-        return (features.new_empty(features.shape) if output_mask[0] else None,
-                weight.new_empty(weight.shape) if output_mask[1] else None,
-                weight.new_empty((weight.shape[0],)) if output_mask[2] else None)
+        return spread(fake_grads(output_mask, features, features.shape, weight.shape), output_mask)

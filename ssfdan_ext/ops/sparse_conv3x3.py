@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .._checks import check_floating, check_nonempty, check_same_device, check_tensor
 from .._ext import check_impl, has_compiled_ops, use_triton
-from ._grads import define_grad_op, register_layer_autograd
+from ._grads import define_grad_op, fake_grads, register_layer_autograd, spread
 
 
 def _kernels():
@@ -29,9 +29,12 @@ def sparse_conv3x3_op(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tens
     return torch.ops.ssfdan_ext.sparse_conv3x3_forward(table, taps, offsets, weight, bias)
 
 
-@sparse_conv3x3_op.register_fake
-def _(table, taps, offsets, weight, bias, impl):
+def _fake_out(table, taps, offsets, weight, bias, impl=None):
+    """The output's shape (P, m_out) (the registered op and its ATen kernel)."""
     return table.new_empty((taps.shape[0], weight.shape[0] // (offsets.shape[0] - 1)))
+
+
+sparse_conv3x3_op.register_fake(_fake_out)
 
 
 def _backward(grad_out: Tensor, table: Tensor, weight: Tensor, taps: Tensor, offsets: Tensor, mask: list[bool],
@@ -97,13 +100,8 @@ def _check_conv(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bi
 
 if has_compiled_ops():
 
-    @torch.library.register_fake("ssfdan_ext::sparse_conv3x3_forward")
-    def _(table, taps, offsets, weight, bias):
-        C = offsets.shape[0] - 1
-        return table.new_empty((taps.shape[0], weight.shape[0] // C))
+    torch.library.register_fake("ssfdan_ext::sparse_conv3x3_forward", _fake_out)
 
     @torch.library.register_fake("ssfdan_ext::sparse_conv3x3_backward")
     def _(grad_out, table, taps, offsets, weight, output_mask):
-        return (table.new_empty(table.shape) if output_mask[0] else None,
-                weight.new_empty(weight.shape) if output_mask[1] else None,
-                weight.new_empty((weight.shape[0],)) if output_mask[2] else None)
+        return spread(fake_grads(output_mask, table, table.shape, weight.shape), output_mask)

@@ -54,9 +54,10 @@ def _table(rows: Tensor, constants: Tensor) -> Tensor:
 class ConstantPairs(NamedTuple):
     """One layer's pairs with a constant pair appended to the segment of each class in ``classes``.
 
-    Shapes (P explicit pairs, K = len(classes)): taps (P+K, 9), offsets (C+1,), rows (P+C,) int64: the row of
+    Shapes (P explicit pairs, K = len(classes)): taps (P+K, 9), offsets (C+1,), rows (P+C+1,) int64: the row of
     ``cat([output, zero row])`` holding each row of the layer's next table, explicit pairs first (in rulebook
-    order), then the C constants (the zero row for a class without a constant pair: nothing reads it).
+    order), then the C constants (the zero row for a class without a constant pair: nothing reads it), then the
+    zero row.
     """
 
     taps: Tensor
@@ -77,9 +78,9 @@ def constant_pairs(taps: Tensor, offsets: Tensor, constant_row: int, classes: Te
     extended[explicit_pos] = taps
     extended[constant_pos] = (constant_row + classes).unsqueeze(1).expand(K, 9)
     new_offsets = offsets + torch.cat([has.new_zeros(1), torch.cumsum(has, 0)])
-    constant_rows = torch.full((C,), P + K, dtype=torch.int64, device=taps.device).index_copy_(0, classes,
-                                                                                               constant_pos)
-    return ConstantPairs(extended, new_offsets, torch.cat([explicit_pos, constant_rows]))
+    # Each class's constant row, then the zero row; a class without a constant pair gets the zero row too.
+    tail = torch.full((C + 1,), P + K, dtype=torch.int64, device=taps.device).index_copy_(0, classes, constant_pos)
+    return ConstantPairs(extended, new_offsets, torch.cat([explicit_pos, tail]))
 
 
 def classes_with_constants(lo: Tensor, num_classes: int) -> Tensor:
@@ -115,10 +116,9 @@ def sparse_ssd_forward(features: Tensor, lf: Tensor, lo: Tensor, weights: Sequen
     for layer in range(1, len(weights)):
         pairs = constant_pairs(rulebook.taps[layer - 1], rulebook.offsets[layer - 1], x.shape[0] - C - 1, classes)
         out = sparse_conv3x3_op(x, pairs.taps, pairs.offsets, weights[layer], biases[layer], impl)
-        x = torch.cat([out, out.new_zeros((1, out.shape[1]))]).index_select(0, pairs.rows)
+        x = torch.cat([out, out.new_zeros((1, out.shape[1]))]).index_select(0, pairs.rows)  # the next table
         if layer < len(weights) - 1:
-            x = F.leaky_relu(x, negative_slope)
-        x = torch.cat([x, x.new_zeros((1, x.shape[1]))])
+            x = F.leaky_relu(x, negative_slope)  # leaky_relu(0) = 0: the zero row stays zero
     logits = x.index_select(0, rulebook.out_index)
     return logits.view(lo.shape[0], 1, *lo.shape[1:])
 
