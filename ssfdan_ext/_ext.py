@@ -94,6 +94,15 @@ def triton_available() -> bool:
     return True
 
 
+@functools.cache  # Triton decides when its kernels are decorated, at the first import of the kernel modules
+def triton_kernels_interpreted() -> bool:
+    """Whether the Triton kernels of this package run in Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    from .triton.configs import is_interpreted
+    from .triton.routed_conv1x1 import class_bucket
+
+    return is_interpreted(class_bucket)
+
+
 def check_impl(impl: object, x: Tensor, name: str) -> None:
     """``impl`` is one of :data:`IMPLEMENTATIONS`; ``"triton"`` on CPU tensors needs the interpreter."""
     if impl not in IMPLEMENTATIONS:

@@ -2,6 +2,11 @@
 happen only where the data decides the sizes (the fused backend's rulebook). A new break fails a test here."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +16,9 @@ from torch._dynamo.utils import counters
 
 import ssfdan_ext as sd
 from ssfdan_ext import IGNORE
+from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward
+
+from conftest import CUDA, label_layout, require_triton, subprocess_env
 
 C, N_FEAT = 4, 6
 # The break every rulebook build makes (its pair counts are data-dependent sizes) unless the user lets dynamo
@@ -156,3 +164,88 @@ def test_python_label_check_is_a_device_assert_when_compiled():
     labels[0, 1, 1] = -1
     with pytest.raises(RuntimeError, match=r"output.labels must lie in \[0, 255\) or equal 255"):
         loss(sd.DiscriminatorOutput(logits, labels))
+
+
+def test_triton_kernels_are_traced_into_the_graph():
+    """The layer ops are triton_ops: AOTAutograd (under torch.compile) decomposes them into their Triton launches,
+    forward and backward, which Inductor then compiles with the graph; no opaque ssfdan_ext op is left. Traced on
+    fake CUDA tensors, so no GPU is needed."""
+    require_triton()
+    script = os.path.join(os.path.dirname(__file__), "trace_triton_ops.py")
+    proc = subprocess.run([sys.executable, script], env=subprocess_env(TRITON_INTERPRET="0"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report == {
+        "routed_conv1x1": ["triton:_routed_gemm_kernel"],
+        "routed_conv1x1_grad": ["triton:_routed_gemm_kernel", "triton:_routed_grad_weight_kernel"],
+        "sparse_conv3x3": ["triton:_sparse_conv_fwd_kernel"],
+        "sparse_conv3x3_grad": ["triton:_sparse_conv_grad_table_kernel", "triton:_sparse_conv_grad_weight_kernel"],
+    }
+
+
+def _sparse_ssd_inputs(device: str, seed: int = 0):
+    torch.manual_seed(seed)
+    disc = sd.SeparatedDiscriminator(C, in_channels=N_FEAT, channels=(5, 4, 4, 3), strides=(1, 2, 1, 2, 1),
+                                     backend="fused").to(device)
+    features = torch.randn(2, N_FEAT, 10, 11, device=device, requires_grad=True)
+    lf = label_layout("random", 2, 10, 11, C, seed).to(device)
+    lo = sd.mode_downsample(lf, disc.output_size(10, 11), C)
+    return disc, features, lf, lo
+
+
+def _sparse_ssd_loss(disc, features, lf, lo, impl):
+    weights = [conv.weight for conv in disc.convs]
+    biases = [conv.bias for conv in disc.convs]
+    out = sparse_ssd_forward(features, lf, lo, weights, biases, disc.strides, C, impl=impl)
+    return (out * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum()
+
+
+def _loss_and_grads(loss_fn, disc, features, *args):
+    disc.zero_grad(set_to_none=True)
+    features.grad = None
+    loss = loss_fn(disc, features, *args)
+    loss.backward()
+    return loss.detach(), [features.grad.clone(), *(p.grad.clone() for p in disc.parameters())]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the Triton kernels are compiled in this run")
+def test_compiled_sparse_ssd_with_interpreted_triton_kernels():
+    """Under TRITON_INTERPRET=1 the Triton kernels compute on host memory in Python and cannot be traced: each layer
+    then runs inside its opaque ``_interpreted`` op, and the compiled evaluation equals the eager one."""
+    require_triton()
+    disc, features, lf, lo = _sparse_ssd_inputs("cpu")
+    eager = _loss_and_grads(_sparse_ssd_loss, disc, features, lf, lo, "triton")
+    torch._dynamo.reset()
+    compiled = _loss_and_grads(torch.compile(_sparse_ssd_loss), disc, features, lf, lo, "triton")
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-5, atol=1e-6)
+    for got, want in zip(compiled[1], eager[1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", [CUDA])
+def test_compiled_training_step_on_the_gpu_equals_eager(device):
+    """On a GPU, Inductor compiles the fused backend's Triton kernels into the step: the compiled step equals the
+    eager one, and the only breaks are the rulebook's."""
+    model, disc = _nets("fused")
+    model, disc = model.to(device), disc.to(device)
+    batch = tuple(t.to(device) for t in _batch())
+    eager = _run(training_step, model, disc, batch)
+    loss, grads, breaks = _compiled_run(training_step, model, disc, batch)
+    _assert_same(eager, (loss, grads))
+    assert _breaks_outside_the_rulebook(breaks) == {}, breaks
+
+
+def test_forward_on_a_prebuilt_plan_compiles_without_a_break():
+    """The plan holds everything the labels decide: a compiled forward + backward on it is one graph."""
+    _, disc = _nets("fused")
+    labels = label_layout("random", 2, 10, 11, C, 0)
+    plan = disc.plan(labels, (10, 11))
+    features = torch.randn(2, N_FEAT, 10, 11, requires_grad=True)
+    eager = disc(features, plan=plan).logits
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: disc(x, plan=plan).logits, fullgraph=True)(features)  # a break would raise
+    torch.testing.assert_close(compiled, eager)
+    (grad,) = torch.autograd.grad(compiled.sum(), features)
+    (want,) = torch.autograd.grad(eager.sum(), features)
+    torch.testing.assert_close(grad, want, rtol=1e-4, atol=1e-6)

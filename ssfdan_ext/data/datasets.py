@@ -33,10 +33,13 @@ class SegmentationDataset(Dataset):
 
     LAYOUT = ""
     PROTOCOLS: tuple[int, ...] = (19, 16, 13)
+    SPLITS: tuple[str, ...] | None = None  # the splits the layout has; None: any split list file
 
     def __init__(self, root: str | Path, split: str, num_classes: int, size: tuple[int, int] | None = None,
                  crop: tuple[int, int] | None = None, scale: tuple[float, float] | None = None,
                  flip: bool = False, normalization: str = "imagenet", resize_label: bool = True) -> None:
+        if self.SPLITS is not None and split not in self.SPLITS:
+            raise ValueError(f"split for {type(self).__name__} must be one of {list(self.SPLITS)}, got {split!r}")
         if num_classes not in self.PROTOCOLS:
             raise ValueError(f"num_classes for {type(self).__name__} must be one of {list(self.PROTOCOLS)}, "
                              f"got {num_classes}")
@@ -103,13 +106,22 @@ class SegmentationDataset(Dataset):
 
 class _ListedDataset(SegmentationDataset):
     """A dataset whose images an optional list file names (``list_path``), with labels in Cityscapes label ids
-    mapped to the train ids of the protocol (``_lut``; a subclass with other ids replaces it)."""
+    mapped to the train ids of the protocol (``_lut``; a subclass with other ids replaces it).
 
-    def __init__(self, root: str | Path, split: str, num_classes: int, size: tuple[int, int] | None,
-                 list_path: str | Path | None = None, **kw) -> None:
+    ``split``, ``num_classes`` and ``size`` default to the subclass's ``SPLIT``, first of ``PROTOCOLS`` and ``SIZE``
+    (``size=None`` keeps every image at its own size).
+    """
+
+    SPLIT: str = "train"
+    SIZE: tuple[int, int] | None = None
+
+    def __init__(self, root: str | Path, split: str | None = None, num_classes: int | None = None,
+                 size: tuple[int, int] | None | str = "default", list_path: str | Path | None = None, **kw) -> None:
         self.list_path = list_path
-        self._lut = classes.cityscapes_id_lut(num_classes)
-        super().__init__(root, split, num_classes, size, **kw)
+        super().__init__(root, self.SPLIT if split is None else split,
+                         self.PROTOCOLS[0] if num_classes is None else num_classes,
+                         self.SIZE if isinstance(size, str) and size == "default" else size, **kw)
+        self._lut = classes.cityscapes_id_lut(self.num_classes)
 
     def _read_label(self, path: Path) -> np.ndarray:
         return self._lut[np.clip(load_label_array(path), 0, 255)].astype(np.int64)
@@ -124,10 +136,7 @@ class GTA5(_ListedDataset):
     LAYOUT = ("  images/<name>.png          RGB frames (e.g. 00001.png)\n"
               "  labels/<name>.png          Cityscapes label ids (palette or grey PNG)\n"
               "  <split>.txt                one file name per line (e.g. train.txt); split 'all' lists images/")
-
-    def __init__(self, root: str | Path, split: str = "all", num_classes: int = 19,
-                 size: tuple[int, int] | None = (720, 1280), list_path: str | Path | None = None, **kw) -> None:
-        super().__init__(root, split, num_classes, size, list_path, **kw)
+    SPLIT, SIZE = "all", (720, 1280)
 
     def _names(self, folder: str) -> list[str]:
         if self.list_path is None and self.split == "all":
@@ -148,12 +157,11 @@ class Synthia(GTA5):
     LAYOUT = ("  RGB/<name>.png             RGB frames (e.g. 0000000.png)\n"
               "  GT/LABELS/<name>.png       16-bit PNG, channel 0 = Synthia class id\n"
               "  <split>.txt                one file name per line; split 'all' lists RGB/")
-    PROTOCOLS = (16, 13, 19)
+    PROTOCOLS, SIZE = (16, 13, 19), (760, 1280)
 
-    def __init__(self, root: str | Path, split: str = "all", num_classes: int = 16,
-                 size: tuple[int, int] | None = (760, 1280), list_path: str | Path | None = None, **kw) -> None:
-        super().__init__(root, split, num_classes, size, list_path, **kw)
-        self._lut = classes.synthia_id_lut(num_classes)
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._lut = classes.synthia_id_lut(self.num_classes)
 
     def _list_items(self) -> list[Item]:
         return [(self.root / "RGB" / n, self.root / "GT" / "LABELS" / n, n) for n in self._names("RGB")]
@@ -171,12 +179,7 @@ class Cityscapes(_ListedDataset):
     LAYOUT = ("  leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png\n"
               "  gtFine/<split>/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png\n"
               "  optional list file: lines '<city>/<city>_<seq>_<frame>_leftImg8bit.png'")
-
-    def __init__(self, root: str | Path, split: str = "train", num_classes: int = 19,
-                 size: tuple[int, int] | None = (512, 1024), list_path: str | Path | None = None, **kw) -> None:
-        if split not in ("train", "val"):
-            raise ValueError(f"split for Cityscapes must be 'train' or 'val', got {split!r}")
-        super().__init__(root, split, num_classes, size, list_path, **kw)
+    SPLITS, SIZE = ("train", "val"), (512, 1024)
 
     def _list_items(self) -> list[Item]:
         image_dir = self.root / "leftImg8bit" / self.split
@@ -206,14 +209,12 @@ class CrossCity(SegmentationDataset):
     LAYOUT = ("  <City>/Images/Train/<name>.jpg|png  unlabelled train images (City: Rome, Rio, Tokyo, Taipei)\n"
               "  <City>/Images/Test/<name>.png|jpg   test images\n"
               "  <City>/Labels/Test/<name>_eval.png  test labels (Cityscapes label ids; see label_encoding)")
-    PROTOCOLS = (13,)
+    PROTOCOLS, SPLITS = (13,), ("train", "test")  # train is unlabelled
 
     def __init__(self, root: str | Path, city: str = "Rome", split: str = "train", num_classes: int = 13,
                  size: tuple[int, int] | None = (512, 1024), label_encoding: str = "labelid", **kw) -> None:
         if city not in CROSSCITY_CITIES:
             raise ValueError(f"city must be one of {CROSSCITY_CITIES}, got {city!r}")
-        if split not in ("train", "test"):
-            raise ValueError(f"split for CrossCity must be 'train' (unlabelled) or 'test', got {split!r}")
         luts = {"index13": classes.index_lut(13, 13), "trainid": classes.trainid_lut(13),
                 "labelid": classes.cityscapes_id_lut(13)}
         if label_encoding not in luts:

@@ -1,11 +1,40 @@
-"""What the backward ops of the routed and sparse layers share: each returns only the gradients its output mask
-asks for (a registered op cannot return None), in the order (input, weight, bias)."""
+"""How the routed and sparse layer ops are registered, and what their backward ops share.
+
+Each layer op and its backward op is a ``torch.library.triton_op`` (:func:`layer_op`): torch.compile traces into
+it, so the Triton kernels it launches (through ``wrap_triton``, in :func:`ssfdan_ext.triton.configs.launch`) or
+the ATen kernel it calls appear in the compiled graph, where Inductor compiles the Triton kernels with the rest.
+A backward op returns only the gradients its output mask asks for (a registered op cannot return None), in the
+order (input, weight, bias).
+"""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+
+from .._ext import triton_kernels_interpreted, use_triton
+
+
+def layer_op(name: str, fn: Callable, fake: Callable):
+    """Register ``ssfdan_ext::<name>`` running ``fn``, whose first argument is a tensor and last ``impl``.
+
+    A ``triton_op``: its fake is ``fn`` itself run on fake tensors, and torch.compile decomposes it into what
+    ``fn`` calls. Interpreted Triton kernels (``TRITON_INTERPRET=1``) compute on host memory in Python and cannot
+    be traced: when ``fn`` would run them it runs inside ``ssfdan_ext::<name>_interpreted`` instead, an opaque
+    custom op whose output shapes come from ``fake``.
+    """
+    opaque = torch.library.custom_op(f"ssfdan_ext::{name}_interpreted", fn, mutates_args=())
+    opaque.register_fake(fake)
+
+    @functools.wraps(fn)
+    def body(*args):
+        if use_triton(args[0], args[-1]) and triton_kernels_interpreted():
+            return opaque(*args)
+        return fn(*args)
+
+    return torch.library.triton_op(f"ssfdan_ext::{name}", body, mutates_args=())
 
 
 def requested(grads: Sequence[Tensor | None]) -> list[Tensor]:
@@ -40,17 +69,16 @@ def define_grad_op(name: str, backward: Callable[..., Sequence[Tensor | None]]):
     """Register ``ssfdan_ext::<name>_grad``, the backward op of ``name``:
     ``(grad, x, weight, index, output_mask, impl) -> requested((grad_x, grad_weight, grad_bias))`` where
     ``backward(grad, x, weight, *index, output_mask, impl)`` computes them (``index``: the op's integer tensors,
-    e.g. order and offsets). Its fake has the shapes of x and weight; a double backward through it raises."""
+    e.g. order and offsets). A :func:`layer_op`; a double backward through it raises."""
 
-    @torch.library.custom_op(f"ssfdan_ext::{name}_grad", mutates_args=())
-    def grad_op(grad: Tensor, x: Tensor, weight: Tensor, index: list[Tensor], output_mask: list[bool],
-                impl: str) -> list[Tensor]:
+    def grad(grad: Tensor, x: Tensor, weight: Tensor, index: list[Tensor], output_mask: list[bool],
+             impl: str) -> list[Tensor]:
         return requested(backward(grad.contiguous(), x, weight, *index, list(output_mask), impl))
 
-    @grad_op.register_fake
-    def _(grad, x, weight, index, output_mask, impl):
+    def fake(grad, x, weight, index, output_mask, impl):
         return fake_grads(output_mask, x, x.shape, weight.shape)
 
+    grad_op = layer_op(f"{name}_grad", grad, fake)
     once_differentiable(grad_op, name)
     return grad_op
 

@@ -6,6 +6,8 @@ pre-activation is ``W1_c F(p) + b1_c`` at its own cells and the constant ``b1_c`
 therefore needs one product, with its own class's weight: a Mixture-of-Experts style top-1 routing with classes
 as experts and cells as tokens. CUDA tensors run the Triton kernels of :mod:`ssfdan_ext.triton.routed_conv1x1`;
 CPU tensors run the ATen implementation compiled into ``ssfdan_ext._C`` (one GEMM per non-empty class).
+Registered as the ``triton_op`` ``ssfdan_ext::routed_conv1x1`` (backward ``ssfdan_ext::routed_conv1x1_grad``):
+torch.compile traces into it, and Inductor compiles its Triton kernels with the rest of the graph.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .._checks import check_batch, check_floating, check_labels, check_nonempty,
 from .._checks import check_tensor
 from .._buckets import row_classes
 from .._ext import check_impl, has_compiled_ops, require_compiled, use_triton
-from ._grads import define_grad_op, fake_grads, register_layer_autograd, spread
+from ._grads import define_grad_op, fake_grads, layer_op, register_layer_autograd, spread
 
 class RoutedRows(NamedTuple):
     """Layer-1 pre-activations of the class cells, sorted by class.
@@ -55,10 +57,8 @@ def _backward(grad_rows: Tensor, features: Tensor, weight: Tensor, order: Tensor
     return torch.ops.ssfdan_ext.routed_conv1x1_backward(grad_rows, features, weight, order, offsets, mask)
 
 
-@torch.library.custom_op("ssfdan_ext::routed_conv1x1", mutates_args=())
-def routed_conv1x1_op(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int,
-                      impl: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The registered op behind :func:`routed_conv1x1` (arguments unchecked): rows, order, offsets."""
+def _routed(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor, num_classes: int,
+            impl: str) -> tuple[Tensor, Tensor, Tensor]:
     rows, order, offsets = _forward(features, labels, weight, bias, num_classes, impl)
     return rows, order, offsets
 
@@ -70,7 +70,8 @@ def _fake_rows(features, labels, weight, bias, num_classes, impl=None):
             labels.new_empty((num_classes + 1,)))
 
 
-routed_conv1x1_op.register_fake(_fake_rows)
+# The registered op behind routed_conv1x1 (arguments unchecked): rows, order, offsets.
+routed_conv1x1_op = layer_op("routed_conv1x1", _routed, _fake_rows)
 
 
 # The backward: (grad_rows, features, weight, [order, offsets], output_mask, impl) -> the requested gradients of

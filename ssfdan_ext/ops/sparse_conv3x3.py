@@ -1,8 +1,9 @@
 """sparse_conv3x3: one SS-D 3x3 layer evaluated on the explicit (class, cell) pairs of a rulebook.
 
 CUDA tensors run the Triton kernels of :mod:`ssfdan_ext.triton.sparse_conv3x3`; CPU tensors run the ATen code
-compiled into ``ssfdan_ext._C`` (``csrc/aten/sparse_conv3x3.cpp``). Registered as the custom op
-``ssfdan_ext::sparse_conv3x3`` (backward ``ssfdan_ext::sparse_conv3x3_grad``), so torch.compile and opcheck see it.
+compiled into ``ssfdan_ext._C`` (``csrc/aten/sparse_conv3x3.cpp``). Registered as the ``triton_op``
+``ssfdan_ext::sparse_conv3x3`` (backward ``ssfdan_ext::sparse_conv3x3_grad``): torch.compile and opcheck see it,
+and Inductor compiles its Triton kernels with the rest of the graph.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from .._checks import check_floating, check_nonempty, check_same_device, check_tensor
 from .._ext import check_impl, has_compiled_ops, use_triton
-from ._grads import define_grad_op, fake_grads, register_layer_autograd, spread
+from ._grads import define_grad_op, fake_grads, layer_op, register_layer_autograd, spread
 
 
 def _kernels():
@@ -20,10 +21,7 @@ def _kernels():
     return kernels
 
 
-@torch.library.custom_op("ssfdan_ext::sparse_conv3x3", mutates_args=())
-def sparse_conv3x3_op(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor,
-                      impl: str) -> Tensor:
-    """The registered op behind :func:`sparse_conv3x3` (arguments unchecked)."""
+def _sparse(table: Tensor, taps: Tensor, offsets: Tensor, weight: Tensor, bias: Tensor, impl: str) -> Tensor:
     if use_triton(table, impl):
         return _kernels().sparse_conv3x3_forward(table, taps, offsets, weight, bias)
     return torch.ops.ssfdan_ext.sparse_conv3x3_forward(table, taps, offsets, weight, bias)
@@ -34,7 +32,8 @@ def _fake_out(table, taps, offsets, weight, bias, impl=None):
     return table.new_empty((taps.shape[0], weight.shape[0] // (offsets.shape[0] - 1)))
 
 
-sparse_conv3x3_op.register_fake(_fake_out)
+# The registered op behind sparse_conv3x3 (arguments unchecked).
+sparse_conv3x3_op = layer_op("sparse_conv3x3", _sparse, _fake_out)
 
 
 def _backward(grad_out: Tensor, table: Tensor, weight: Tensor, taps: Tensor, offsets: Tensor, mask: list[bool],

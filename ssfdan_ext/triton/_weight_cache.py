@@ -9,7 +9,8 @@ An entry is reused only for the very same tensor object (a weak reference, so th
 alive and a new tensor at a recycled ``id`` is never mistaken for it) in the same state: the same version counter
 (every in-place update through the tensor, such as an optimiser step, increments it), storage address, dtype,
 device, shape and strides. Writes through ``weight.data`` bypass the version counter and are not seen: call
-``clear()`` after them. Inference tensors have no version counter and are never cached.
+``clear()`` after them. Inference tensors have no version counter and are never cached, nor are fake tensors
+(tracing for torch.compile records the layout's computation in the graph instead).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 
 class _Entry(NamedTuple):
@@ -44,7 +46,7 @@ class WeightCache:
         self.builds = 0  # how many times fn ran (tests check that hits do not rebuild)
 
     def __call__(self, weight: Tensor, *args) -> Tensor:
-        if weight.is_inference() or weight.device.type == "meta":
+        if weight.is_inference() or weight.device.type == "meta" or is_fake(weight):
             return self._fn(weight, *args)
         key = (id(weight), *args)
         state = _state(weight)

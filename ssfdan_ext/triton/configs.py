@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import torch
 import triton
+from torch._subclasses.fake_tensor import is_fake
 
 # (kernel, what its output tile's rows run over, its columns, its K loop), m_in/m_out being the layer's widths.
 KERNELS = {
@@ -147,10 +148,17 @@ def launch(kernel, grid: tuple[int, ...], args: Sequence, like: torch.Tensor, co
            **constexprs) -> None:
     """Launch ``kernel[grid](*args, **constexprs)`` on ``like``'s device with ``config``'s tiles and options.
 
-    Triton launches on the current CUDA device, not on the tensors' one: without the guard, tensors on cuda:1
-    with cuda:0 current would be read through the wrong context and fault.
+    Compiled kernels launch through ``torch.library.wrap_triton``: inside the package's ``triton_op``s, tracing
+    (torch.compile, make_fx) records the launch in the graph, and eager calls launch directly. Triton launches on
+    the current CUDA device, not on the tensors' one: without the guard, tensors on cuda:1 with cuda:0 current
+    would be read through the wrong context and fault (fake tensors, while tracing, need no guard).
     """
-    check_device(like.device, is_interpreted(kernel))
-    guard = torch.cuda.device(like.device) if like.is_cuda else contextlib.nullcontext()
-    with guard:
-        kernel[grid](*args, **constexprs, **config.meta())
+    interpreted = is_interpreted(kernel)
+    check_device(like.device, interpreted)
+    meta = {**constexprs, **config.meta()}
+    if interpreted:
+        kernel[grid](*args, **meta)
+        return
+    real_cuda = like.is_cuda and not is_fake(like)
+    with torch.cuda.device(like.device) if real_cuda else contextlib.nullcontext():
+        torch.library.wrap_triton(kernel)[grid](*args, **meta)
