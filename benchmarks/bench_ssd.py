@@ -9,7 +9,8 @@ Modes: ``fwd``, ``bwd`` (the forward untimed) and ``full`` time the whole discri
 the label-dependent part (downsampled maps, the fused backend's rulebook) built once beforehand and reused, as
 the training driver does for the two passes over the target labels; ``l1`` times semantic
 separation + layer 1 alone (forward and backward), each provider in its own output layout: the C dense class
-maps (reference, grouped) or the routed rows of the class cells (fused).
+maps (reference, grouped) or the routed rows of the class cells (fused). Every repeat with a backward starts
+from gradients set to None (untimed), as after a training loop's ``zero_grad(set_to_none=True)``.
 
 Each (provider, mode) runs in its own interpreter so that its peak memory is its own. Prints the forward FLOPs of
 the dense backends and those the fused backend executes (from its rulebook), a table of median times with the
@@ -170,15 +171,28 @@ def layer1_loss(disc: SeparatedDiscriminator, features: torch.Tensor, lf: torch.
 
 
 def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor, mode: str):
-    """The callable and its untimed setup for one mode."""
+    """The callable and its untimed setup for one mode.
+
+    Every mode with a backward starts each repeat with the gradients set to None, as a training loop's
+    ``zero_grad(set_to_none=True)`` leaves them (untimed): the backward writes fresh gradients, as in training,
+    instead of adding into the previous repeat's.
+    """
     features = features.requires_grad_(True)
+
+    def fresh_grads(then=None):
+        def setup():
+            disc.zero_grad(set_to_none=True)
+            features.grad = None
+            return then() if then is not None else None
+        return setup
+
     if mode == "l1":
         lf = mode_downsample(labels, features.shape[-2:], disc.num_classes)
-        return lambda _=None: layer1_loss(disc, features, lf).backward(), None
+        return lambda _=None: layer1_loss(disc, features, lf).backward(), fresh_grads()
 
     if mode == "plan" and disc.backend != "loop":  # fwd+bwd reusing the label-dependent part built once, untimed
         plan = disc.plan(labels, features.shape[-2:])
-        return lambda _=None: disc(features, plan=plan).logits.square().mean().backward(), None
+        return lambda _=None: disc(features, plan=plan).logits.square().mean().backward(), fresh_grads()
 
     def forward(_=None):
         return disc(features, labels).logits.square().mean()
@@ -186,8 +200,8 @@ def step(disc: SeparatedDiscriminator, features: torch.Tensor, labels: torch.Ten
     if mode == "fwd":
         return forward, None
     if mode in ("full", "plan"):  # the loop has no plan: its "plan" row is its full step
-        return lambda _=None: forward().backward(), None
-    return lambda loss: loss.backward(), forward  # bwd: the forward runs untimed
+        return lambda _=None: forward().backward(), fresh_grads()
+    return lambda loss: loss.backward(), fresh_grads(forward)  # bwd: the forward runs untimed
 
 
 def measure(provider: str, mode: str, preset_name: str, layout: str, device: torch.device, repeats: int,

@@ -1,7 +1,8 @@
 // The Python module ssfdan_ext._C. Importing it runs the TORCH_LIBRARY registrations of the other sources;
-// the module itself only reports how it was built.
+// the module itself reports how it was built and manages the cache of weight-gradient buffers.
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
 #include <string>
 
 #ifdef SSFDAN_WITH_CUDA
@@ -30,6 +31,11 @@
 
 namespace py = pybind11;
 
+namespace ssfdan_ext {  // csrc/aten/grad_buffer.h, declared here without pulling ATen into this file
+int64_t release_grad_buffers();
+int64_t cached_grad_buffer_bytes();
+}  // namespace ssfdan_ext
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Compiled kernels of ssfdan_ext (operators live under torch.ops.ssfdan_ext).";
   m.def("build_info", []() {
@@ -47,4 +53,8 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = std::string(SSFDAN_COMPILER);
     return info;
   });
+  m.def("release_grad_buffers", &ssfdan_ext::release_grad_buffers,
+        "Unmap the cached weight-gradient buffers (csrc/aten/grad_buffer.h); returns the bytes released.");
+  m.def("cached_grad_buffer_bytes", &ssfdan_ext::cached_grad_buffer_bytes,
+        "Bytes of weight-gradient buffers held in the cache for reuse.");
 }

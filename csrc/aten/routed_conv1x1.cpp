@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "../mode_downsample.h"
-#include "zeroed.h"
+#include "grad_buffer.h"
 
 namespace ssfdan_ext {
 namespace {
@@ -170,11 +170,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
     else grad_rows = at::zeros({N, n}, features.options());
   }
   if (output_mask[1]) {  // written once: a class's first chunk overwrites its rows, classes without cells get 0
-    bool zeroed = false;
-    std::tie(grad_weight, zeroed) = weight_grad_buffer({C * m, n}, features.options());
-    for (int64_t c = 0; c < C && !zeroed; ++c) {
-      if (off[c] == off[c + 1]) grad_weight.narrow(0, c * m, m).zero_();
-    }
+    std::vector<bool> written(C);
+    for (int64_t c = 0; c < C; ++c) written[c] = off[c] != off[c + 1];
+    grad_weight = weight_grad_buffer({C * m, n}, features.options(), written);
     src = cpu ? features.contiguous() : cell_rows(features);
   }
   if (output_mask[2]) grad_bias = at::zeros({C * m}, features.options());

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "../mode_downsample.h"
-#include "zeroed.h"
+#include "grad_buffer.h"
 
 namespace ssfdan_ext {
 namespace {
@@ -152,12 +152,10 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   // the rows of classes without pairs are zeroed (no full-size zero fill before the GEMMs).
   const Tensor host_offsets = offsets.cpu();
   if (mask[1]) {
-    bool zeroed = false;
-    std::tie(grad_weight, zeroed) = weight_grad_buffer({C, mo, mi * 9}, table.options());
     const int64_t* off = host_offsets.data_ptr<int64_t>();
-    for (int64_t c = 0; c < C && !zeroed; ++c) {
-      if (off[c] == off[c + 1]) grad_weight[c].zero_();
-    }
+    std::vector<bool> written(C);
+    for (int64_t c = 0; c < C; ++c) written[c] = off[c] != off[c + 1];
+    grad_weight = weight_grad_buffer({C, mo, mi * 9}, table.options(), written);
   }
   if (mask[2]) grad_bias = at::zeros({C * mo}, table.options());
   for_each_chunk(host_offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n, bool first) {
