@@ -82,3 +82,23 @@ def test_the_cache_can_be_turned_off():
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert (int(proc.stdout.split()[-1]) > 0) == cached, (limit, proc.stdout)
+
+
+def test_a_reused_zero_buffer_is_zero_where_the_kernel_does_not_write():
+    """Layer 1's rows (B*h*w, m) are 0 at IGNORE cells, which the kernel never writes: a reused mapping that held
+    rows there before must come back cleared (4096 x 64 float32 rows: 1 MB, a mapped buffer)."""
+    gen = torch.Generator().manual_seed(2)
+    features = torch.randn(1, 8, 64, 64, generator=gen)
+    weight, bias = torch.randn(C * 64, 8, 1, 1, generator=gen), torch.randn(C * 64, generator=gen)
+    labelled = torch.randint(0, C, (1, 64, 64), generator=gen)
+    rows = routed_conv1x1(features, labelled, weight, bias, C, impl="aten").rows
+    assert rows.abs().sum(1).gt(0).all()  # every row written
+    nbytes = rows.numel() * rows.element_size()
+    del rows
+    assert _C.cached_grad_buffer_bytes() >= nbytes
+    ignored = labelled.clone()
+    ignored[:, 8:] = 255
+    result = routed_conv1x1(features, ignored, weight, bias, C, impl="aten")
+    assert _C.cached_grad_buffer_bytes() == 0  # the cached mapping was reused
+    kept = int((ignored != 255).sum())
+    assert result.rows[kept:].abs().sum() == 0  # the IGNORE rows (sorted last)

@@ -12,6 +12,11 @@ from conftest import run_triton_aot, DEVICES, TRITON_REQUIRED, assert_close_scal
 from ssfdan_ext import IGNORE
 from ssfdan_ext.ops import routed_conv1x1, routed_layer1_dense
 
+INTERPRETED = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or (importlib.util.find_spec("triton") is None and not TRITON_REQUIRED),
+    reason="Triton on CPU tensors needs Triton and its interpreter")
+IMPLS = ["aten", pytest.param("triton", marks=INTERPRETED)]
+
 
 def _case(B=2, n=5, h=7, w=9, C=3, m=4, seed=0, dtype=torch.float32, device="cpu", ignore=0.2, absent=()):
     gen = torch.Generator().manual_seed(seed)
@@ -149,6 +154,21 @@ def test_opcheck(device):
             torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad,
                                   (grad, *plain, [order, offsets], mask, "aten"))
             torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_backward, (grad, *plain, order, offsets, mask))
+
+
+@INTERPRETED
+def test_opcheck_interpreted_triton():
+    """impl="triton" under TRITON_INTERPRET=1: the triton_op runs its kernels inside the opaque
+    ``_interpreted`` ops, which opcheck checks too."""
+    features, labels, weight, bias, C = sample_inputs(requires_grad=True)[0]
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1, (features, labels, weight, bias, C, "triton"))
+    detached = (features.detach(), labels, weight.detach(), bias.detach(), C, "triton")
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_interpreted, detached)
+    rows, order, offsets = torch.ops.ssfdan_ext.routed_conv1x1_interpreted(*detached)
+    grad_args = (torch.randn_like(rows), features.detach(), weight.detach(), [order, offsets], [True, True, True],
+                 "triton")
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad, grad_args)
+    torch.library.opcheck(torch.ops.ssfdan_ext.routed_conv1x1_grad_interpreted, grad_args)
 
 
 def test_sample_inputs_gradcheck_and_reference():
@@ -334,11 +354,6 @@ def test_auto_never_sends_cuda_tensors_to_the_interpreter(monkeypatch):
 
 
 # --- Autograd edge cases --------------------------------------------------------------------------------------
-
-INTERPRETED = pytest.mark.skipif(
-    os.environ.get("TRITON_INTERPRET") != "1" or (importlib.util.find_spec("triton") is None and not TRITON_REQUIRED),
-    reason="Triton on CPU tensors needs Triton and its interpreter")
-IMPLS = ["aten", pytest.param("triton", marks=INTERPRETED)]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

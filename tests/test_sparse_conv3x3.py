@@ -418,6 +418,19 @@ def test_opcheck(device):
                               (table.detach(), taps, offsets, weight.detach(), bias.detach()))
 
 
+def test_opcheck_interpreted_triton(interpreted):
+    """impl="triton" under TRITON_INTERPRET=1: the triton_op runs its kernels inside the opaque
+    ``_interpreted`` ops, which opcheck checks too."""
+    table, taps, offsets, weight, bias = sample_inputs("cpu", torch.float32, requires_grad=True)[0]
+    torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3, (table, taps, offsets, weight, bias, "triton"))
+    plain = (table.detach(), taps, offsets, weight.detach(), bias.detach(), "triton")
+    torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_interpreted, plain)
+    grad_out = torch.randn(taps.shape[0], weight.shape[0] // (offsets.numel() - 1))
+    grad_args = (grad_out, table.detach(), weight.detach(), [taps, offsets], [True, True, True], "triton")
+    torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_grad, grad_args)
+    torch.library.opcheck(torch.ops.ssfdan_ext.sparse_conv3x3_grad_interpreted, grad_args)
+
+
 def test_sample_inputs_gradcheck_and_reference():
     """The public op on every sample: the plain-PyTorch reference's values, and gradcheck in float64 (the zero row,
     a constant of the SS-D value table, gets no gradient: it is left out of the checked input)."""

@@ -73,10 +73,10 @@ void give_back(std::unique_ptr<Mapping> m) {
 }
 #endif
 
-}  // namespace
-
-at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options,
-                              const std::vector<bool>& written) {
+// A buffer whose class blocks with written[c] the caller overwrites and the others are returned zero; afterwards
+// the blocks with dirty_after[c] count as written.
+at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options, const std::vector<bool>& written,
+                  const std::vector<bool>& dirty_after) {
   std::vector<bool> absent(written.size());
   for (size_t c = 0; c < written.size(); ++c) absent[c] = !written[c];
 #if defined(__linux__)
@@ -90,7 +90,7 @@ at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& op
     if (m != nullptr && m->dirty.size() == written.size()) {
       for (size_t c = 0; c < written.size(); ++c) clear[c] = m->dirty[c] && !written[c];
     } else if (m != nullptr) {
-      clear = absent;  // split into other class blocks before: clear every absent one
+      clear = absent;  // split into other blocks before: clear every block the caller does not write
     } else {
       void* data = mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (data != MAP_FAILED) {
@@ -100,7 +100,7 @@ at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& op
       }
     }
     if (m != nullptr) {
-      m->dirty = written;
+      m->dirty = dirty_after;
       void* data = m->data;
       // std::function needs a copyable deleter: the mapping travels in a shared_ptr and goes back to the cache.
       auto owner = std::make_shared<std::unique_ptr<Mapping>>(std::move(m));
@@ -113,6 +113,17 @@ at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& op
   at::Tensor out = at::empty(sizes, options);
   clear_blocks(out.view({-1}), absent);
   return out;
+}
+
+}  // namespace
+
+at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options,
+                              const std::vector<bool>& written) {
+  return buffer(sizes, options, written, written);
+}
+
+at::Tensor zeroed_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return buffer(sizes, options, {false}, {true});
 }
 
 int64_t release_grad_buffers() {

@@ -1,4 +1,5 @@
-// Weight-gradient buffers that the layer kernels write class by class, without a full-size zero fill.
+// Weight-gradient buffers that the layer kernels write class by class, without a full-size zero fill, and zero
+// buffers for their other large outputs and gradients.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -22,6 +23,11 @@ namespace ssfdan_ext {
 // blocks are cleared.
 at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options,
                               const std::vector<bool>& written);
+
+// A zero tensor of `sizes` (like at::zeros) that the caller writes in part, e.g. a gradient summed into by
+// scatters. Drawn from the same cache on the CPU: a reused mapping is cleared with one memset of resident pages,
+// cheaper than faulting a fresh allocation in page by page.
+at::Tensor zeroed_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 
 // Unmaps every cached buffer and returns the bytes released.
 int64_t release_grad_buffers();

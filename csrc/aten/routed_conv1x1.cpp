@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::
   const at::Tensor offsets = at::searchsorted(sorted_keys, at::arange(C + 1, flat.options()));
 
   const int64_t N = flat.numel();
-  at::Tensor out = at::zeros({N, m}, features.options());
+  at::Tensor out = zeroed_buffer({N, m}, features.options());
   const bool cpu = features.is_cpu();
   const at::Tensor src = cpu ? features.contiguous() : cell_rows(features);
   const at::Tensor w = weight.reshape({C * m, n});
@@ -166,8 +166,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
   const bool cpu = features.is_cpu();
   at::Tensor grad_rows, grad_weight, grad_bias, src, grad_features;
   if (output_mask[0]) {  // IGNORE cells get no gradient
-    if (cpu) grad_features = at::zeros(features.sizes(), features.options());
-    else grad_rows = at::zeros({N, n}, features.options());
+    if (cpu) grad_features = zeroed_buffer(features.sizes(), features.options());
+    else grad_rows = zeroed_buffer({N, n}, features.options());
   }
   if (output_mask[1]) {  // written once: a class's first chunk overwrites its rows, classes without cells get 0
     std::vector<bool> written(C);

@@ -147,7 +147,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   const Tensor table = table_in.to(st).contiguous(), grad_out = grad_out_in.to(st).contiguous();
   const Tensor wt = weight.to(st).reshape({C, mo, mi * 9});
   Tensor grad_table, grad_weight, grad_bias;
-  if (mask[0]) grad_table = at::zeros(table.sizes(), table.options());
+  if (mask[0]) grad_table = zeroed_buffer(table.sizes(), table.options());
   // The weight gradient is written once: a class's first chunk overwrites its rows, later chunks add to them, and
   // the rows of classes without pairs are zeroed (no full-size zero fill before the GEMMs).
   const Tensor host_offsets = offsets.cpu();
