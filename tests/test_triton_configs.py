@@ -45,7 +45,8 @@ def test_check_device(configs):
 
 
 def test_launch_runs_on_the_tensors_device(configs, monkeypatch):
-    # Triton launches on the current device: a launch for tensors on cuda:1 must make cuda:1 current around it.
+    # Triton launches on the current device: a launch for tensors on cuda:1 must make cuda:1 current around it,
+    # and it goes through wrap_triton (so that tracing records it in the graph).
     events = []
 
     class Guard:
@@ -65,8 +66,14 @@ def test_launch_runs_on_the_tensors_device(configs, monkeypatch):
     class FakeCudaTensor:  # all that launch reads of its ``like`` tensor
         device, is_cuda = torch.device("cuda", 1), True
 
+    def wrap_triton(kernel):
+        events.append(("wrap", type(kernel).__name__))
+        return kernel
+
     monkeypatch.setattr(torch.cuda, "device", Guard)
+    monkeypatch.setattr(torch.library, "wrap_triton", wrap_triton)
     monkeypatch.setattr(configs, "is_interpreted", lambda kernel: False)
     config = configs.kernel_config("routed_fwd", 8, 8, torch.float32)
     configs.launch(Kernel(), (2, 1), (), FakeCudaTensor(), config)
-    assert events == [("enter", torch.device("cuda", 1)), ("launch", (2, 1)), ("exit", torch.device("cuda", 1))]
+    assert events == [("enter", torch.device("cuda", 1)), ("wrap", "Kernel"), ("launch", (2, 1)),
+                      ("exit", torch.device("cuda", 1))]
