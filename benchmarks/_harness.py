@@ -391,12 +391,51 @@ def benchmark_case(benchmark, build: Callable[[torch.device], Callable[[], objec
 def bandwidth_gbs(device: torch.device) -> tuple[float, str]:
     """The memory bandwidth the effective figure is compared with: a measured copy (read + write) on the device,
     which is what a memory-bound kernel can reach, rather than the datasheet peak it cannot."""
-    # Beyond the caches: 64 MiB on the CPU, 1 GiB on a GPU (an H200's L2 alone holds 50 MB).
-    size = 2**30 if device.type == "cuda" else 64 * 2**20
+    size = copy_bytes(device)
     x = torch.empty(size // 4, device=device)
     y = torch.empty_like(x)
     ms = median_ms(lambda: y.copy_(x), device, repeats=9, warmup=2)
-    return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9, "measured copy (read + write)"
+    return 2 * x.numel() * 4 / (ms * 1e-3) / 1e9, f"measured copy (read + write) of {size // 2**20} MiB"
+
+
+def last_level_cache_bytes() -> int | None:
+    """The largest CPU cache of cpu0 (Linux sysfs), None where it cannot be read."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = entry.read_text().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KkMmGg")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else None
+
+
+def cpu_description() -> str:
+    """The CPU model (Linux /proc/cpuinfo) and its last-level cache, e.g. "AMD EPYC, LLC 32 MiB"; the machine a
+    shared CI pool lends changes between runs, and the committed results say which one they come from."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    llc = last_level_cache_bytes()
+    return model + (f", LLC {llc // 2**20} MiB" if llc else "")
+
+
+def copy_bytes(device: torch.device) -> int:
+    """Each buffer of the bandwidth copy: beyond the caches, so the copy measures memory rather than cache. 1 GiB on
+    a GPU (an H200's L2 alone holds 50 MB); on the CPU four times the last-level cache, from 64 MiB to 1 GiB
+    (server CPUs' last-level caches reach hundreds of MB; 1 GiB where the size cannot be read)."""
+    if device.type == "cuda":
+        return 2**30
+    llc = last_level_cache_bytes()
+    return 2**30 if llc is None else min(max(4 * llc, 64 * 2**20), 2**30)
 
 
 def gemm_gflops(device: torch.device, dtype: torch.dtype = torch.float32) -> float:

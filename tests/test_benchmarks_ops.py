@@ -120,11 +120,20 @@ def test_the_check_compares_integers_exactly_and_floats_within_tolerance():
 
 
 @pytest.mark.slow
-def test_bench_ssd_prints_the_fused_roofline_and_the_honest_ratio(tmp_path, capsys):
-    rows = _module("bench_ssd").main(["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0",
-                                      "--providers", "loop", "fused", "--modes", "full", "--out", str(tmp_path)])
+def test_bench_ssd_prints_the_fused_roofline_and_the_honest_ratio(tmp_path, capsys, monkeypatch):
+    bench = _module("bench_ssd")
+    measured = []
+
+    def roofline_inputs(device, dtype):  # the real measurement, recorded to check what the row was given
+        measured.append(real_inputs(device, dtype))
+        return measured[-1]
+
+    real_inputs = bench.roofline_inputs
+    monkeypatch.setattr(bench, "roofline_inputs", roofline_inputs)
+    rows = bench.main(["--preset", "tiny", "--device", "cpu", "--repeats", "1", "--warmup", "0",
+                       "--providers", "loop", "fused", "--modes", "full", "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    assert "roofline of the fused backend: measured GEMM" in out and "GB/s" in out
+    assert "roofline of the fused backend" in out and "GEMM" in out and "GB/s" in out
     fused = next(r for r in rows if r["provider"] == "fused")
     loop = next(r for r in rows if r["provider"] == "loop")
     assert fused["fastest_dense"] == "loop" and fused["roofline_ms"] > 0
@@ -132,9 +141,57 @@ def test_bench_ssd_prints_the_fused_roofline_and_the_honest_ratio(tmp_path, caps
     assert fused["vs_roofline"] == pytest.approx(fused["median_ms"] / fused["roofline_ms"], rel=0.01, abs=0.006)
     assert fused["speedup_vs_fastest_dense"] == pytest.approx(loop["median_ms"] / fused["median_ms"], rel=0.01,
                                                               abs=0.006)
-    assert loop["roofline_ms"] == ""
+    assert loop["roofline_ms"] == "" and loop["gemm_gflops"] == ""
+    # The fused row's inputs were measured right before and right after its worker (only for the fused row); the
+    # row records their means and the spread of the GEMM rate, and its printed line gives its own ratio.
+    (gemm_before, copy_before), (gemm_after, copy_after) = measured
+    assert fused["gemm_gflops"] == pytest.approx((gemm_before + gemm_after) / 2, abs=0.06)
+    assert fused["copy_gbs"] == pytest.approx((copy_before + copy_after) / 2, abs=0.06)
+    assert fused["gemm_gflops_spread"] == f"{gemm_before:.0f}-{gemm_after:.0f}"
+    assert f"{fused['vs_roofline']:.2f}x" in out
+    # The roofline is recomputed from its recorded inputs: the measured GEMM rate and copy bandwidth.
+    disc, features, labels = bench.make_case(bench.PRESETS["tiny"], "street", CPU)
+    bound = bench.roofline(disc, features, labels, fused["gemm_gflops"], fused["copy_gbs"])
+    assert fused["roofline_ms"] == pytest.approx(bound["full"]["roofline_ms"], rel=0.02)
     with open(tmp_path / "bench_ssd_tiny_street_cpu.csv") as f:
-        assert {"roofline_ms", "vs_roofline"} <= set(next(csv.DictReader(f)))
+        assert {"roofline_ms", "vs_roofline", "gemm_gflops", "copy_gbs"} <= set(next(csv.DictReader(f)))
+
+
+def test_the_bandwidth_copy_reaches_beyond_the_last_level_cache(monkeypatch):
+    harness = _module("_harness")
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: 300 * 2**20)  # a server CPU's 300 MiB
+    assert harness.copy_bytes(CPU) == 2**30
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: 8 * 2**20)
+    assert harness.copy_bytes(CPU) == 64 * 2**20
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: 48 * 2**20)
+    assert harness.copy_bytes(CPU) == 192 * 2**20
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: None)
+    assert harness.copy_bytes(CPU) == 2**30
+    assert harness.copy_bytes(torch.device("cuda")) == 2**30
+
+
+def test_the_cpu_is_described_from_proc_cpuinfo(monkeypatch, tmp_path):
+    harness = _module("_harness")
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")
+    real_path = harness.Path
+    monkeypatch.setattr(harness, "Path", lambda p: tmp_path / "cpuinfo" if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: 32 * 2**20)
+    assert harness.cpu_description() == "AMD EPYC, LLC 32 MiB"
+    monkeypatch.setattr(harness, "Path", lambda p: tmp_path / "absent")
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: None)
+    assert harness.cpu_description() == "unknown CPU"
+
+
+def test_the_last_level_cache_is_read_from_sysfs(monkeypatch, tmp_path):
+    harness = _module("_harness")
+    for index, size in (("index0", "48K"), ("index2", "2048K"), ("index3", "307200K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    real_path = harness.Path
+    monkeypatch.setattr(harness, "Path", lambda p: tmp_path if "cpu0/cache" in str(p) else real_path(p))
+    assert harness.last_level_cache_bytes() == 300 * 2**20
+    monkeypatch.setattr(harness, "Path", lambda p: tmp_path / "absent")
+    assert harness.last_level_cache_bytes() is None
 
 
 @pytest.mark.slow

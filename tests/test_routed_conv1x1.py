@@ -88,6 +88,18 @@ def test_rows_and_gradients_match_separated_convolution(device, shape, ignore):
         assert (grads[0] == 0).all()  # no cell has a class: separation zeroes every feature
 
 
+def test_few_cells_against_a_large_weight():
+    # Under 128 cells per class against a 1 M-element class weight (the paper's widths): the CPU kernel computes
+    # the transposed product there.
+    features, labels, weight, bias = _case(B=1, n=2048, h=6, w=9, C=2, m=512, ignore=0.1)
+    assert 0 < int((labels == 0).sum()) < 128 and weight.numel() // 2 >= 2**20
+    leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    dense = routed_layer1_dense(leaves[0], labels, leaves[1], leaves[2], 2)
+    ref_leaves = [t.detach().requires_grad_(True) for t in (features, weight, bias)]
+    _compare_with_gradients(dense, leaves, _separated_conv(ref_leaves[0], labels, ref_leaves[1], ref_leaves[2], 2),
+                            ref_leaves)
+
+
 def test_classes_larger_than_one_cpu_block():
     # With n = 2048 the CPU kernels split a class into blocks of 256 cells; 30x40 cells of 2 classes span several.
     features, labels, weight, bias = _case(B=1, n=2048, h=30, w=40, C=2, m=3, ignore=0.1)

@@ -343,15 +343,16 @@ def test_sparse_ssd_forward_auto_on_gpu_matches_aten(device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 
-@pytest.mark.parametrize("dtype,C,mi,B,h,w", [(torch.float32, 3, 5, 2, 7, 6), (torch.float64, 3, 5, 2, 7, 6),
-                                              (torch.float32, 2, 1024, 1, 24, 24)])  # 144 pairs: several blocks
-def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, B, h, w):
+@pytest.mark.parametrize("dtype,C,mi,mo,B,h,w", [
+    (torch.float32, 3, 5, 4, 2, 7, 6), (torch.float64, 3, 5, 4, 2, 7, 6),
+    (torch.float32, 2, 1024, 4, 1, 24, 24),  # 144 pairs: several blocks
+    (torch.float32, 2, 1024, 128, 1, 10, 10)])  # 25 pairs against a 1.2 M-element weight: the transposed product
+def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, mo, B, h, w):
     # Explicit rows on a full grid, no constants: the layer is one grouped 3x3 convolution, stride 2.
     torch.manual_seed(0)
-    mo = 4
     x = torch.randn(B, C * mi, h, w, dtype=dtype, device=device)
-    weight = torch.randn(C * mo, mi, 3, 3, dtype=dtype, device=device)
-    bias = torch.randn(C * mo, dtype=dtype, device=device)
+    weight = torch.randn(C * mo, mi, 3, 3, dtype=dtype, device=device, requires_grad=True)
+    bias = torch.randn(C * mo, dtype=dtype, device=device, requires_grad=True)
     dense = torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1, groups=C)
     oh, ow = dense.shape[-2:]
     table = torch.cat([x.view(B, C, mi, h * w).permute(1, 0, 3, 2).reshape(-1, mi),
@@ -366,6 +367,18 @@ def test_sparse_conv3x3_equals_a_dense_convolution(device, dtype, C, mi, B, h, w
     out = sparse_conv3x3(table, taps, offsets, weight, bias)
     expected = dense.view(B, C, mo, oh * ow).permute(1, 0, 3, 2).reshape(-1, mo)
     assert_close_scaled(out, expected, "sparse conv")
+    # Every gradient equals the dense convolution's: the table's first rows are x, laid out as above.
+    x.requires_grad_(True)
+    dense = torch.nn.functional.conv2d(x, weight, bias, stride=2, padding=1, groups=C)
+    expected = dense.view(B, C, mo, oh * ow).permute(1, 0, 3, 2).reshape(-1, mo)
+    upstream = torch.randn_like(expected)
+    grads = torch.autograd.grad((out * upstream).sum(), (table, weight, bias))
+    dense_grads = torch.autograd.grad((expected * upstream).sum(), (x, weight, bias))
+    dense_grads = (dense_grads[0].view(B, C, mi, h * w).permute(1, 0, 3, 2).reshape(-1, mi), *dense_grads[1:])
+    assert_close_scaled(grads[0][: C * B * h * w], dense_grads[0], "grad table")
+    for name, g, ref in zip(("weight", "bias"), grads[1:], dense_grads[1:]):
+        assert_close_scaled(g, ref, f"grad {name}")
+    weight, bias = weight.detach(), bias.detach()
     if dtype == torch.float64:
         # The table's last row is the constant zero row (its gradient is 0 by contract): append it in the function.
         zero_row = torch.zeros(1, mi, dtype=dtype, device=device)

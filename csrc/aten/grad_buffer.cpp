@@ -2,10 +2,8 @@
 #include "grad_buffer.h"
 
 #include <cstdlib>
-#include <cstring>
 #include <memory>
 #include <mutex>
-#include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../mode_downsample.h"
+#include "class_gemm.h"
 #include "grad_buffer.h"
 
 namespace ssfdan_ext {
@@ -141,7 +142,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_forward(const at::
       at::Tensor dst = out.narrow(0, start, count);
       const at::Tensor cells = order.narrow(0, start, count);
       const at::Tensor x = cpu ? gather_columns(src, cells).t() : src.index_select(0, cells);
-      at::addmm_out(dst, bias.narrow(0, c * m, m), x, w.narrow(0, c * m, m).t());
+      addmm_class_rows(dst, bias.narrow(0, c * m, m), x, w.narrow(0, c * m, m));
     }
   }
   return {out, order, offsets};

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../mode_downsample.h"
+#include "class_gemm.h"
 #include "grad_buffer.h"
 
 namespace ssfdan_ext {
@@ -67,10 +68,12 @@ Tensor gather_taps(const Tensor& table, const Tensor& taps) {
     const int64_t* rows = taps.const_data_ptr<int64_t>();
     at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
+        // Nine read streams and one sequential write: the output is written in order, each tap row read in order.
+        std::array<const scalar_t*, 9> row;
+        for (int64_t t = 0; t < 9; ++t) row[t] = src + rows[r * 9 + t] * mi;
         scalar_t* d = dst + r * mi * 9;
-        for (int64_t t = 0; t < 9; ++t) {
-          const scalar_t* row = src + rows[r * 9 + t] * mi;
-          for (int64_t i = 0; i < mi; ++i) d[i * 9 + t] = row[i];
+        for (int64_t i = 0; i < mi; ++i, d += 9) {
+          for (int64_t t = 0; t < 9; ++t) d[t] = row[t][i];
         }
       }
     });
@@ -129,7 +132,7 @@ Tensor sparse_conv3x3_forward(const Tensor& table_in, const Tensor& taps_in, con
   Tensor out = at::empty({P, mo}, table.options());
   for_each_chunk(offsets.cpu(), chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n, bool) {
     Tensor dst = out.narrow(0, r0, n);
-    at::addmm_out(dst, b.narrow(0, c * mo, mo), gather_taps(table, taps.narrow(0, r0, n)), wt[c].t());
+    addmm_class_rows(dst, b.narrow(0, c * mo, mo), gather_taps(table, taps.narrow(0, r0, n)), wt[c]);
   });
   return out.to(table_in.scalar_type());
 }
@@ -161,7 +164,7 @@ std::tuple<Tensor, Tensor, Tensor> sparse_conv3x3_backward(const Tensor& grad_ou
   for_each_chunk(host_offsets, chunk_rows(table), [&](int64_t c, int64_t r0, int64_t n, bool first) {
     const Tensor g = grad_out.narrow(0, r0, n);
     const Tensor chunk_taps = taps.narrow(0, r0, n);
-    if (mask[0]) scatter_add_taps(grad_table, chunk_taps, at::mm(g, wt[c]));
+    if (mask[0]) scatter_add_taps(grad_table, chunk_taps, mm_class_input_grad(g, wt[c]));
     if (mask[1]) {
       Tensor dst = grad_weight[c];
       const Tensor x = gather_taps(table, chunk_taps);
