@@ -20,7 +20,7 @@ inline void addmm_class_rows(at::Tensor& dst, const at::Tensor& bias, const at::
 }
 
 // The input gradient of one class's rows, (rows, k) = g (rows, m_out) @ w (m_out, k), contiguous. On the CPU, for
-// under 128 rows against a weight of at least 2^20 elements, computed as (w^T @ g^T)^T: MKL's g @ w ran at 23-54
+// under 128 rows against a weight of at least 2^20 elements, computed as (w^T @ g^T)^T: MKL's g @ w ran at 24-49
 // GFLOP/s there against 31-76 for the transposed product (layers 2 and 3 at the paper's widths, 24-103 rows).
 inline at::Tensor mm_class_input_grad(const at::Tensor& g, const at::Tensor& w) {
   if (g.is_cpu() && g.size(0) < 128 && w.numel() >= (int64_t{1} << 20)) {
