@@ -7,7 +7,6 @@ import gc
 import itertools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -71,14 +70,14 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 class PeakMemory:
-    """Peak memory above the level at entry: CUDA allocator peak on a GPU, process peak RSS on the CPU.
+    """Peak memory above the level at entry: the CUDA allocator's peak on a GPU; on the CPU this process's own
+    high-water RSS (VmHWM), lowered to the current RSS at entry (:func:`reset_peak_rss`).
 
-    The CPU figure is only meaningful in a fresh process that has not yet peaked (run one case per process).
+    Neither the parent's RSS at the time a worker was forked (which ``ru_maxrss`` inherits: a benchmark's parent
+    holding a paper-width discriminator and the bandwidth probe's buffers raised the figure of every worker to the
+    parent's level) nor earlier work in the same process counts. Where the kernel does not allow the reset, the
+    high-water mark is the process's own since it started: run one case per process.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -92,6 +91,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device) / 2**20
         else:
+            reset_peak_rss()
             self._base = current_rss_mb()
         return self
 
@@ -100,7 +100,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.mb = torch.cuda.max_memory_allocated(self.device) / 2**20 - self._base
         else:
-            self.mb = max(0.0, peak_rss_mb() - self._base)
+            self.mb = max(0.0, own_peak_rss_mb() - self._base)
 
 
 def run_worker(script: Path, args: Sequence[str]) -> dict:
@@ -244,8 +244,8 @@ def reset_peak_rss() -> bool:
 
 
 def own_peak_rss_mb() -> float:
-    """This process's high-water RSS (VmHWM). Unlike ``ru_maxrss`` (:func:`peak_rss_mb`) it is not raised by the
-    peak of the parent a worker was forked from, and :func:`reset_peak_rss` lowers it."""
+    """This process's high-water RSS (VmHWM). Unlike ``ru_maxrss`` it is not raised by the RSS of the parent a worker
+    was forked from, and :func:`reset_peak_rss` lowers it."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
 
@@ -253,20 +253,12 @@ def own_peak_rss_mb() -> float:
 def timed_row(fields: dict, fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> dict:
     """``fields`` followed by the median time and peak memory of ``fn`` and the settings they were taken with.
 
-    The peak is taken above the memory in use before the first call: the CUDA allocator's (:class:`PeakMemory`), or
-    on the CPU the process's own high-water RSS after :func:`reset_peak_rss`, so that work done before in the same
-    process (the check against the reference) and the parent's peak do not count; blank where it cannot be reset.
+    The peak is taken above the memory in use before the first call (:class:`PeakMemory`), so that work done before
+    in the same process (the check against the reference) and the parent's peak do not count.
     """
-    if device.type == "cpu":
-        gc.collect()
-        fresh = reset_peak_rss()
-        base = current_rss_mb()
+    with PeakMemory(device) as memory:
         ms = median_ms(fn, device, repeats, warmup)
-        peak = round(max(0.0, own_peak_rss_mb() - base), 1) if fresh else ""
-    else:
-        with PeakMemory(device) as memory:
-            ms = median_ms(fn, device, repeats, warmup)
-        peak = round(memory.mb, 1)
+    peak = round(memory.mb, 1)
     return {**fields, "median_ms": round(ms, 3), "peak_mb": peak, "repeats": repeats, "warmup": warmup,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 

@@ -1,5 +1,6 @@
 // The Python module ssfdan_ext._C. Importing it runs the TORCH_LIBRARY registrations of the other sources;
-// the module itself reports how it was built and manages the cache of weight-gradient buffers.
+// the module itself reports how it was built, manages the cache of weight-gradient buffers and reports how the
+// CPU kernels orient their per-class products.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -31,9 +32,10 @@
 
 namespace py = pybind11;
 
-namespace ssfdan_ext {  // csrc/aten/grad_buffer.h, declared here without pulling ATen into this file
+namespace ssfdan_ext {  // csrc/aten/grad_buffer.h and class_gemm.h, declared here without pulling ATen into this file
 int64_t release_grad_buffers();
 int64_t cached_grad_buffer_bytes();
+std::string class_gemm_policy();
 }  // namespace ssfdan_ext
 
 PYBIND11_MODULE(_C, m) {
@@ -57,4 +59,6 @@ PYBIND11_MODULE(_C, m) {
         "Unmap the cached weight-gradient buffers (csrc/aten/grad_buffer.h); returns the bytes released.");
   m.def("cached_grad_buffer_bytes", &ssfdan_ext::cached_grad_buffer_bytes,
         "Bytes of weight-gradient buffers held in the cache for reuse.");
+  m.def("class_gemm_policy", &ssfdan_ext::class_gemm_policy,
+        "How the CPU kernels orient the per-class products (SSFDAN_CLASS_GEMM; csrc/aten/class_gemm.h).");
 }

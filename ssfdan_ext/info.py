@@ -39,6 +39,16 @@ def available_devices() -> list[str]:
     return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _class_gemm_policy() -> str:
+    """How the CPU kernels orient their per-class products (SSFDAN_CLASS_GEMM; docs/troubleshooting.md)."""
+    from ._ext import _C
+
+    try:
+        return _C.class_gemm_policy()
+    except ValueError as exc:
+        return f"INVALID: {exc}"
+
+
 def report_lines() -> list[str]:
     """The plain report: versions, the build, Triton, TF32 flags and devices."""
     from ._selfcheck import triton_error, triton_interpreted
@@ -59,6 +69,7 @@ def report_lines() -> list[str]:
                              if info["cuda"] else [])
         lines.append(f"  kernels  {', '.join(kernels)}" + ("" if info["cuda"] else " (built without CUDA)"))
         lines.append(f"  built    with torch {info['torch_version']}, compiler {info.get('compiler', 'unknown')}")
+        lines.append(f"  CPU per-class products {_class_gemm_policy()}")
         if info["torch_version"] != torch.__version__:
             lines.append(f"  WARNING  built against torch {info['torch_version']} but torch {torch.__version__} "
                          "is running: rebuild the extension")

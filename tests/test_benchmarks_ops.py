@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -168,6 +169,31 @@ def test_the_bandwidth_copy_reaches_beyond_the_last_level_cache(monkeypatch):
     monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: None)
     assert harness.copy_bytes(CPU) == 2**30
     assert harness.copy_bytes(torch.device("cuda")) == 2**30
+
+
+def test_a_workers_cpu_peak_memory_is_its_own_not_its_parents(tmp_path):
+    """A worker forked from a parent that holds 768 MB reports the 64 MB it allocates itself (``ru_maxrss`` would
+    report about the parent's RSS), also after a larger peak of its own earlier in the process."""
+    child = f"""
+import sys
+sys.path.insert(0, {str(BENCHMARKS)!r})
+import torch
+from _harness import PeakMemory
+earlier = torch.ones(2**27)  # 512 MB touched, then freed: the process's own earlier peak
+del earlier
+with PeakMemory(torch.device("cpu")) as peak:
+    x = torch.ones(2**24)  # 64 MB touched
+print(peak.mb)
+"""
+    parent = torch.ones(3 * 2**26)  # 768 MB touched, held while the worker is forked
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True)
+    del parent
+    mb = float(proc.stdout.split()[-1])
+    harness = _module("_harness")
+    if not harness.reset_peak_rss():  # without the reset the worker's own earlier 512 MB counts
+        assert 60 < mb < 600
+    else:
+        assert 60 < mb < 160
 
 
 def test_the_cpu_is_described_from_proc_cpuinfo(monkeypatch, tmp_path):

@@ -36,7 +36,8 @@ def test_report_names_the_versions_and_the_build():
     build = ssfdan_ext.build_info()
     for text in (f"ssfdan_ext {ssfdan_ext.__version__}", f"torch    {torch.__version__}", "triton", "numpy",
                  f"built    with torch {build['torch_version']}", f"compiler {build['compiler']}",
-                 "torch.backends.cudnn.allow_tf32 =", "torch.backends.cuda.matmul.allow_tf32 =", "cpu "):
+                 "torch.backends.cudnn.allow_tf32 =", "torch.backends.cuda.matmul.allow_tf32 =", "cpu ",
+                 f"CPU per-class products {ssfdan_ext._ext._C.class_gemm_policy()}"):
         assert text in out, text
     assert build["compiler"] and build["compiler"] != "unknown"
     assert "PASS" not in out  # the checks run only with --check

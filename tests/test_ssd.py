@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import DEVICES, assert_close_scaled, compare_backends, label_layout
+from conftest import DEVICES, assert_close_scaled, compare_backends, label_layout, subprocess_env
 
 from ssfdan_ext import IGNORE, SeparatedDiscriminator
 
@@ -295,3 +298,37 @@ def test_concatenated_plans_evaluate_both_batches_at_once(backend):
         disc.concat_plans(pa, disc.plan(label_layout("random", 1, 28, 36, C, seed=3), (6, 9)))
     with pytest.raises(TypeError, match="plan must come from SeparatedDiscriminator.plan"):
         disc.concat_plans(pa, (pa.lf, pa.lo))
+
+
+ORIENTATION_CHILD = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import torch
+from conftest import compare_backends, label_layout
+from ssfdan_ext import SeparatedDiscriminator, _C
+print(_C.class_gemm_policy())
+torch.manual_seed(0)
+for B, C, strides in ((1, 3, (1, 2, 2, 2, 2)), (2, 19, (1, 1, 1, 1, 1))):
+    disc = SeparatedDiscriminator(C, {N}, {CHANNELS}, strides)
+    compare_backends(disc, torch.randn(B, {N}, 7, 9), label_layout("street", B, 15, 19, C, seed=C), "fused")
+print("matched")
+"""
+
+
+@pytest.mark.parametrize("mode", ["direct", "transposed"])
+def test_both_orientations_of_the_class_products_match_the_reference(mode):
+    """SSFDAN_CLASS_GEMM puts every per-class product of the CPU kernels in one orientation (by default it depends
+    on the shape and the CPU, csrc/aten/class_gemm.h, so one machine exercises only some): the fused backend's
+    logits and every gradient equal the reference's in both."""
+    proc = subprocess.run([sys.executable, "-c", ORIENTATION_CHILD], env=subprocess_env(SSFDAN_CLASS_GEMM=mode),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [mode, "matched"]
+
+
+def test_an_unknown_orientation_setting_is_a_clear_error():
+    code = ORIENTATION_CHILD.replace("print(_C.class_gemm_policy())", "")
+    proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(SSFDAN_CLASS_GEMM="sideways"),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "SSFDAN_CLASS_GEMM must be auto, direct or transposed, got 'sideways'" in proc.stderr

@@ -183,7 +183,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
       const int64_t count = std::min(chunk, off[c + 1] - start);
       const at::Tensor g = grad_out.narrow(0, start, count);
       const at::Tensor idx = order.narrow(0, start, count);
-      if (output_mask[0] && cpu) scatter_columns(grad_features, at::mm(w.narrow(0, c * m, m).t(), g.t()), idx);
+      if (output_mask[0] && cpu) {  // the input gradient's columns, (n, count), in the faster orientation
+        const at::Tensor wc = w.narrow(0, c * m, m);
+        scatter_columns(grad_features, transposed_class_product(g, wc) ? at::mm(wc.t(), g.t()) : at::mm(g, wc).t(),
+                        idx);
+      }
       if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
       if (output_mask[1]) {
         at::Tensor dst = grad_weight.narrow(0, c * m, m);
