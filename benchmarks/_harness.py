@@ -76,13 +76,15 @@ class PeakMemory:
 
     Neither the parent's RSS at the time a worker was forked (which ``ru_maxrss`` inherits: a benchmark's parent
     holding a paper-width discriminator and the bandwidth probe's buffers raised the figure of every worker to the
-    parent's level) nor earlier work in the same process counts. Where the kernel does not allow the reset, the
-    high-water mark is the process's own since it started: run one case per process.
+    parent's level) nor earlier work in the same process counts. Where the kernel does not allow the reset
+    (``reset`` is then False), the high-water mark is the process's own since it started: run one case per process.
+    Blocks do not nest on the CPU: an inner block's reset lowers the outer block's mark.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.mb = 0.0
+        self.reset = True
 
     def __enter__(self) -> "PeakMemory":
         gc.collect()
@@ -91,7 +93,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device) / 2**20
         else:
-            reset_peak_rss()
+            self.reset = reset_peak_rss()
             self._base = current_rss_mb()
         return self
 
@@ -254,11 +256,12 @@ def timed_row(fields: dict, fn: Callable[[], object], device: torch.device, repe
     """``fields`` followed by the median time and peak memory of ``fn`` and the settings they were taken with.
 
     The peak is taken above the memory in use before the first call (:class:`PeakMemory`), so that work done before
-    in the same process (the check against the reference) and the parent's peak do not count.
+    in the same process (the check against the reference) and the parent's peak do not count; blank on a CPU whose
+    kernel does not allow the high-water mark's reset, where that work would count.
     """
     with PeakMemory(device) as memory:
         ms = median_ms(fn, device, repeats, warmup)
-    peak = round(memory.mb, 1)
+    peak = round(memory.mb, 1) if memory.reset else ""
     return {**fields, "median_ms": round(ms, 3), "peak_mb": peak, "repeats": repeats, "warmup": warmup,
             "threads": torch.get_num_threads(), "torch": torch.__version__}
 

@@ -43,8 +43,11 @@ def _class_gemm_policy() -> str:
     """How the CPU kernels orient their per-class products (SSFDAN_CLASS_GEMM; docs/troubleshooting.md)."""
     from ._ext import _C
 
+    policy = getattr(_C, "class_gemm_policy", None)
+    if policy is None:  # an extension built before the setting existed
+        return "unknown (an older build: rebuild the extension)"
     try:
-        return _C.class_gemm_policy()
+        return policy()
     except ValueError as exc:
         return f"INVALID: {exc}"
 

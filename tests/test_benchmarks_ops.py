@@ -196,6 +196,15 @@ print(peak.mb)
         assert 60 < mb < 160
 
 
+def test_timed_row_leaves_the_peak_blank_where_the_high_water_mark_cannot_be_reset(monkeypatch):
+    harness = _module("_harness")
+    row = harness.timed_row({"case": "x"}, lambda: torch.ones(2**20).sum(), CPU, repeats=1, warmup=0)
+    assert isinstance(row["peak_mb"], float) == harness.reset_peak_rss()
+    monkeypatch.setattr(harness, "reset_peak_rss", lambda: False)
+    row = harness.timed_row({"case": "x"}, lambda: torch.ones(2**20).sum(), CPU, repeats=1, warmup=0)
+    assert row["peak_mb"] == "" and row["median_ms"] > 0
+
+
 def test_the_cpu_is_described_from_proc_cpuinfo(monkeypatch, tmp_path):
     harness = _module("_harness")
     (tmp_path / "cpuinfo").write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n")

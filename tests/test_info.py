@@ -13,8 +13,8 @@ from conftest import subprocess_env
 
 
 
-def _run(*args: str, interpret: bool = True) -> subprocess.CompletedProcess:
-    env = subprocess_env(TRITON_INTERPRET="1" if interpret else "0")
+def _run(*args: str, interpret: bool = True, **env_vars: str) -> subprocess.CompletedProcess:
+    env = subprocess_env(TRITON_INTERPRET="1" if interpret else "0", **env_vars)
     return subprocess.run([sys.executable, "-m", "ssfdan_ext.info", *args], env=env, capture_output=True, text=True,
                           timeout=600)
 
@@ -41,6 +41,26 @@ def test_report_names_the_versions_and_the_build():
         assert text in out, text
     assert build["compiler"] and build["compiler"] != "unknown"
     assert "PASS" not in out  # the checks run only with --check
+
+
+def test_report_names_the_product_orientation_and_flags_a_bad_setting():
+    for setting, shown in (("direct", "direct"), ("transposed", "transposed"),
+                           ("sideways", "INVALID: SSFDAN_CLASS_GEMM must be auto, direct or transposed, got "
+                                        "'sideways'")):
+        proc = _run(SSFDAN_CLASS_GEMM=setting)
+        assert proc.returncode == 0, proc.stderr
+        assert f"CPU per-class products {shown}" in proc.stdout, setting
+    auto = _run(SSFDAN_CLASS_GEMM="auto").stdout
+    assert "CPU per-class products auto: " in auto
+    assert ("direct (this CPU has AVX-512)" in auto) == ("avx512f" in _cpu_flags())
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return ""
 
 
 def test_check_passes_on_the_cpu_with_interpreted_triton():

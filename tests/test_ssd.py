@@ -331,4 +331,4 @@ def test_an_unknown_orientation_setting_is_a_clear_error():
     proc = subprocess.run([sys.executable, "-c", code], env=subprocess_env(SSFDAN_CLASS_GEMM="sideways"),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0
-    assert "SSFDAN_CLASS_GEMM must be auto, direct or transposed, got 'sideways'" in proc.stderr
+    assert "ValueError: SSFDAN_CLASS_GEMM must be auto, direct or transposed, got 'sideways'" in proc.stderr

@@ -39,7 +39,8 @@ std::string class_gemm_policy() {
       break;
   }
   return cpu_has_avx512() ? "auto: direct (this CPU has AVX-512)"
-                          : "auto: transposed for under 128 rows against at least 2^20 weight elements (no AVX-512)";
+                          : "auto: transposed for under 128 rows against at least 2^20 weight elements, and for "
+                            "layer 1's input gradient (no AVX-512)";
 }
 
 }  // namespace ssfdan_ext

@@ -183,9 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> routed_conv1x1_backward(
       const int64_t count = std::min(chunk, off[c + 1] - start);
       const at::Tensor g = grad_out.narrow(0, start, count);
       const at::Tensor idx = order.narrow(0, start, count);
-      if (output_mask[0] && cpu) {  // the input gradient's columns, (n, count), in the faster orientation
+      if (output_mask[0] && cpu) {  // the input gradient's columns, (n, count); class_gemm.h orients the product
         const at::Tensor wc = w.narrow(0, c * m, m);
-        scatter_columns(grad_features, transposed_class_product(g, wc) ? at::mm(wc.t(), g.t()) : at::mm(g, wc).t(),
+        scatter_columns(grad_features, transposed_layer1_input_grad() ? at::mm(wc.t(), g.t()) : at::mm(g, wc).t(),
                         idx);
       }
       if (output_mask[0] && !cpu) grad_rows.index_copy_(0, idx, at::mm(g, w.narrow(0, c * m, m)));
