@@ -111,21 +111,23 @@ def main(argv=None) -> list[dict]:
         loss_adv = sd.adversarial_loss(out_t, sel_t.tau)
         (args.lambda_adv * loss_adv).backward()
 
-        # --- train D on detached features, one domain at a time (one graph alive at a time)
+        # --- train D on detached features, both domains in one forward (the weights read and their gradient written
+        # once when the two feature maps have one size)
         for p in disc.parameters():
             p.requires_grad_(True)
         hs, ws = feat_s.shape[-2:]
         # SS-D: the source's class masks come from its own prediction, selected the same way.
         sel_s = sd.confidence_select(pred_s.detach(), rho, out_sizes=((hs, ws), disc.output_size(hs, ws)))
-        loss_d_s = sd.domain_loss(disc(feat_s.detach(), sel_s.labels, label_maps=sel_s.downsampled), 0, sel_t.tau)
-        loss_d_s.backward()
-        loss_d_t = sd.domain_loss(disc(feat_t.detach(), sel_t.labels, label_maps=sel_t.downsampled), 1, sel_t.tau)
-        loss_d_t.backward()
+        plan_s = disc.plan(sel_s.labels, (hs, ws), label_maps=sel_s.downsampled)
+        plan_t = disc.plan(sel_t.labels, (h, w), label_maps=sel_t.downsampled)
+        out_s, out_t = disc.forward_domains(feat_s.detach(), plan_s, feat_t.detach(), plan_t)
+        loss_d = sd.discriminator_loss(out_s, out_t, sel_t.tau)
+        loss_d.backward()
 
         opt.step()
         opt_d.step()
         row = {"iteration": it, "loss_seg": loss_seg.item(), "loss_adv": loss_adv.item(),
-               "loss_d": loss_d_s.item() + loss_d_t.item(), "kept": int(sel_t.counts.sum())}
+               "loss_d": loss_d.item(), "kept": int(sel_t.counts.sum())}
         history.append(row)
         if it % args.print_every == 0 or it == args.iterations - 1:
             print("iter {iteration:5d}  loss_seg {loss_seg:.3f}  loss_adv {loss_adv:.4f}  loss_d {loss_d:.4f}  "

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DEVICES, assert_close_scaled, compare_backends, label_layout, subprocess_env
 
-from ssfdan_ext import IGNORE, SeparatedDiscriminator
+from ssfdan_ext import IGNORE, SeparatedDiscriminator, discriminator_loss
 
 N, CHANNELS = 4, (6, 5, 4, 3)
 STRIDES = [(1, 2, 2, 2, 2), (1, 1, 1, 1, 1)]
@@ -298,6 +298,41 @@ def test_concatenated_plans_evaluate_both_batches_at_once(backend):
         disc.concat_plans(pa, disc.plan(label_layout("random", 1, 28, 36, C, seed=3), (6, 9)))
     with pytest.raises(TypeError, match="plan must come from SeparatedDiscriminator.plan"):
         disc.concat_plans(pa, (pa.lf, pa.lo))
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped", "fused"])
+def test_forward_domains_matches_two_forwards(backend, monkeypatch):
+    torch.manual_seed(0)
+    C = 5
+    disc = SeparatedDiscriminator(C, N, CHANNELS, (1, 2, 1, 2, 1), backend=backend)
+    fs, ft = torch.randn(2, N, 7, 9), torch.randn(2, N, 7, 9)
+    ls, lt = label_layout("street", 2, 28, 36, C, seed=1), label_layout("random", 2, 28, 36, C, seed=2)
+    tau = torch.rand(2, C) + 0.5
+
+    def loss_and_grads(outputs):
+        disc.zero_grad(set_to_none=True)
+        loss = discriminator_loss(*outputs, tau)
+        loss.backward()
+        return [o.logits.detach() for o in outputs], [o.labels for o in outputs], [p.grad for p in disc.parameters()]
+
+    joined = []
+    concat = disc.concat_plans
+    monkeypatch.setattr(disc, "concat_plans", lambda *plans: joined.append(1) or concat(*plans))
+    apart = loss_and_grads((disc(fs, ls), disc(ft, lt)))
+    for labels_t in (lt, disc.plan(lt, (7, 9))):  # a label map or a plan
+        both = loss_and_grads(disc.forward_domains(fs, ls, ft, labels_t))
+        for got, want in zip(both[0] + both[2], apart[0] + apart[2]):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        assert all(torch.equal(got, want) for got, want in zip(both[1], apart[1]))
+    # One forward over both batches on the fused backend; two forwards on the dense ones.
+    assert len(joined) == (2 if backend == "fused" else 0)
+    # Feature maps of different sizes: two forwards, each at its own size.
+    out_s, out_t = disc.forward_domains(fs, ls, torch.randn(2, N, 5, 6), lt)
+    assert out_s.logits.shape[-2:] == disc.output_size(7, 9) and out_t.logits.shape[-2:] == disc.output_size(5, 6)
+    with pytest.raises(TypeError, match="target_labels must be a label map"):
+        disc.forward_domains(fs, ls, ft, lt.numpy())
+    with pytest.raises(ValueError, match="plan was built for a batch of 1"):
+        disc.forward_domains(fs, ls, ft, disc.plan(lt[:1], (7, 9)))
 
 
 ORIENTATION_CHILD = f"""

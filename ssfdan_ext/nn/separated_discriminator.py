@@ -215,6 +215,51 @@ class SeparatedDiscriminator(nn.Module):
         x = torch.where(own, features.unsqueeze(1), features.new_zeros(())).reshape(B, C * n, h, w)
         return self._grouped_layers(x, lo, first=0)
 
+    def forward_domains(self, source_features: Tensor, source_labels: Tensor | SSDPlan, target_features: Tensor,
+                        target_labels: Tensor | SSDPlan) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+        """The outputs of both domains for one discriminator step: ``(self(source...), self(target...))``.
+
+        Each ``*_labels`` is a label map (B, H, W) or a plan from :meth:`plan` for those features. On the fused
+        backend, when both feature maps have one size, the two batches run as one forward on their joined plans
+        (:meth:`concat_plans`; every image is evaluated on its own, so the outputs are those of two forwards):
+        the weights are read, and their gradient written, once. Two separate forwards make autograd add two
+        weight-sized gradients before the parameters see them, which at the paper's widths took more time and
+        memory than the whole fused step (docs/benchmarks.md, ``bench_domain_loss``). Elsewhere (dense backends,
+        feature maps of different sizes) it runs the two forwards.
+
+        Shapes: as :meth:`forward` for each domain; returns (source output, target output).
+        """
+        self._check_features(source_features)
+        self._check_features(target_features)
+        joinable = (source_features.shape[1:] == target_features.shape[1:]
+                    and source_features.dtype == target_features.dtype
+                    and self.resolve_backend(source_features.device) == "fused")
+        if not joinable:
+            return (self._forward_labels_or_plan(source_features, source_labels, "source_labels"),
+                    self._forward_labels_or_plan(target_features, target_labels, "target_labels"))
+        plans = []
+        for features, labels, name in ((source_features, source_labels, "source_labels"),
+                                       (target_features, target_labels, "target_labels")):
+            if isinstance(labels, SSDPlan):
+                self._check_plan(features, labels)
+                plans.append(labels)
+            elif isinstance(labels, Tensor):
+                self._check_labels(features, labels)
+                plans.append(self.plan(labels, features.shape[-2:]))
+            else:
+                raise TypeError(f"{name} must be a label map (B, H, W) or an SSDPlan, got {type(labels).__name__}")
+        B = source_features.shape[0]
+        out = self(torch.cat([source_features, target_features]), plan=self.concat_plans(*plans))
+        return (DiscriminatorOutput(out.logits[:B], out.labels[:B]),
+                DiscriminatorOutput(out.logits[B:], out.labels[B:]))
+
+    def _forward_labels_or_plan(self, features: Tensor, labels: object, name: str) -> DiscriminatorOutput:
+        if isinstance(labels, SSDPlan):
+            return self(features, plan=labels)
+        if isinstance(labels, Tensor):
+            return self(features, labels)
+        raise TypeError(f"{name} must be a label map (B, H, W) or an SSDPlan, got {type(labels).__name__}")
+
     def _check_plan_source(self, plan: object) -> None:
         if not isinstance(plan, SSDPlan):
             raise TypeError(f"plan must come from SeparatedDiscriminator.plan, got {type(plan).__name__}")

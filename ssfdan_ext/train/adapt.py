@@ -138,15 +138,11 @@ class Discriminators(nn.Module):
 
     def _ssd_both(self, feat_s: Tensor, feat_t: Tensor, masks_s: Masks,
                   masks_t: Masks) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
-        """The SS-D outputs of both domains. When their features have the same size, one forward over the two
-        batches together on their joined plans (the SS-D treats every image on its own, so the outputs are those of
-        two passes): the weights are read and their gradient written once instead of twice."""
-        if feat_s.shape[1:] != feat_t.shape[1:]:
+        """The SS-D outputs of both domains: SeparatedDiscriminator.forward_domains on their plans (one fused forward
+        over the two batches when their features have one size)."""
+        if masks_s.plan is None or masks_t.plan is None:
             return self._ssd(feat_s, masks_s), self._ssd(feat_t, masks_t)
-        B = feat_s.shape[0]
-        out = self.ssd(torch.cat([feat_s, feat_t]), plan=self.ssd.concat_plans(masks_s.plan, masks_t.plan))
-        return (DiscriminatorOutput(out.logits[:B], out.labels[:B]),
-                DiscriminatorOutput(out.logits[B:], out.labels[B:]))
+        return self.ssd.forward_domains(feat_s, masks_s.plan, feat_t, masks_t.plan)
 
     def generator_terms(self, feat_t: Tensor, masks_t: Masks) -> list[LossTerm]:
         """Adversarial losses of the target features (each against the source domain label)."""
