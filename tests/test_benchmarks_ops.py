@@ -171,7 +171,7 @@ def test_the_bandwidth_copy_reaches_beyond_the_last_level_cache(monkeypatch):
     assert harness.copy_bytes(torch.device("cuda")) == 2**30
 
 
-def test_a_workers_cpu_peak_memory_is_its_own_not_its_parents(tmp_path):
+def test_a_workers_cpu_peak_memory_is_its_own_not_its_parents():
     """A worker forked from a parent that holds 768 MB reports the 64 MB it allocates itself (``ru_maxrss`` would
     report about the parent's RSS), also after a larger peak of its own earlier in the process."""
     child = f"""

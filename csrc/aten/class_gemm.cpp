@@ -8,16 +8,33 @@
 
 namespace ssfdan_ext {
 
-ClassProduct class_product_setting() {
-  static const std::string value = [] {
+namespace {
+
+// The setting, parsed once; a value that is none of the three is kept to be reported at every read.
+struct Setting {
+  std::string value;
+  bool valid;
+  ClassProduct product;
+};
+
+const Setting& setting() {
+  static const Setting parsed = [] {
     const char* env = std::getenv("SSFDAN_CLASS_GEMM");
-    return std::string(env ? env : "");
+    const std::string value = env ? env : "";
+    if (value.empty() || value == "auto") return Setting{value, true, ClassProduct::kAuto};
+    if (value == "direct") return Setting{value, true, ClassProduct::kDirect};
+    if (value == "transposed") return Setting{value, true, ClassProduct::kTransposed};
+    return Setting{value, false, ClassProduct::kAuto};
   }();
-  if (value.empty() || value == "auto") return ClassProduct::kAuto;
-  if (value == "direct") return ClassProduct::kDirect;
-  TORCH_CHECK_VALUE(value == "transposed", "SSFDAN_CLASS_GEMM must be auto, direct or transposed, got '", value,
-                    "'");
-  return ClassProduct::kTransposed;
+  return parsed;
+}
+
+}  // namespace
+
+ClassProduct class_product_setting() {
+  const Setting& s = setting();
+  TORCH_CHECK_VALUE(s.valid, "SSFDAN_CLASS_GEMM must be auto, direct or transposed, got '", s.value, "'");
+  return s.product;
 }
 
 bool cpu_has_avx512() {
@@ -30,14 +47,9 @@ bool cpu_has_avx512() {
 }
 
 std::string class_gemm_policy() {
-  switch (class_product_setting()) {
-    case ClassProduct::kDirect:
-      return "direct";
-    case ClassProduct::kTransposed:
-      return "transposed";
-    case ClassProduct::kAuto:
-      break;
-  }
+  const ClassProduct product = class_product_setting();
+  if (product == ClassProduct::kDirect) return "direct";
+  if (product == ClassProduct::kTransposed) return "transposed";
   return cpu_has_avx512() ? "auto: direct (this CPU has AVX-512)"
                           : "auto: transposed for under 128 rows against at least 2^20 weight elements, and for "
                             "layer 1's input gradient (no AVX-512)";

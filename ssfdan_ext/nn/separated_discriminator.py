@@ -219,22 +219,20 @@ class SeparatedDiscriminator(nn.Module):
                         target_labels: Tensor | SSDPlan) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
         """The outputs of both domains for one discriminator step: ``(self(source...), self(target...))``.
 
-        Each ``*_labels`` is a label map (B, H, W) or a plan from :meth:`plan` for those features. On the fused
-        backend, when both feature maps have one size, the two batches run as one forward on their joined plans
+        Each ``*_labels`` is a label map (B, H, W) or a plan from :meth:`plan` for those features. When both
+        feature maps have one size and dtype, the two batches run as one forward on their joined plans
         (:meth:`concat_plans`; every image is evaluated on its own, so the outputs are those of two forwards):
         the weights are read, and their gradient written, once. Two separate forwards make autograd add two
         weight-sized gradients before the parameters see them, which at the paper's widths took more time and
-        memory than the whole fused step (docs/benchmarks.md, ``bench_domain_loss``). Elsewhere (dense backends,
-        feature maps of different sizes) it runs the two forwards.
+        memory than the whole fused step (docs/benchmarks.md, ``bench_domain_loss``). Feature maps of different
+        sizes run as two forwards.
 
         Shapes: as :meth:`forward` for each domain; returns (source output, target output).
         """
         self._check_features(source_features)
         self._check_features(target_features)
-        joinable = (source_features.shape[1:] == target_features.shape[1:]
-                    and source_features.dtype == target_features.dtype
-                    and self.resolve_backend(source_features.device) == "fused")
-        if not joinable:
+        if (source_features.shape[1:] != target_features.shape[1:]
+                or source_features.dtype != target_features.dtype):
             return (self._forward_labels_or_plan(source_features, source_labels, "source_labels"),
                     self._forward_labels_or_plan(target_features, target_labels, "target_labels"))
         plans = []
