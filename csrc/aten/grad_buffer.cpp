@@ -43,7 +43,7 @@ Cache& cache() {
 int64_t cache_limit() {
   static const int64_t limit = [] {
     const char* env = std::getenv("SSFDAN_GRAD_CACHE_MB");
-    return (env != nullptr && *env != '\0' ? std::atoll(env) : 1024) << 20;
+    return (env != nullptr && *env != '\0' ? std::atoll(env) : 2048) << 20;
   }();
   return limit;
 }

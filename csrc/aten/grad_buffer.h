@@ -16,10 +16,13 @@ namespace ssfdan_ext {
 // On the CPU (Linux) a large buffer is an anonymous mapping. A fresh one is zero without being written: the
 // blocks of absent classes (at the paper's widths most of the weights, hundreds of MB) cost neither a memset nor,
 // until read, memory. When the gradient is freed (e.g. zero_grad(set_to_none=True)) its mapping goes back to a
-// cache, up to SSFDAN_GRAD_CACHE_MB (default 1024; 0 turns the cache off), and the next buffer of the same size
+// cache, up to SSFDAN_GRAD_CACHE_MB (default 2048; 0 turns the cache off), and the next buffer of the same size
 // reuses it: its pages are already in memory, which spares the page faults that otherwise made a first write
 // about 2.5x slower than writing resident memory (a 19 MB class block of layer 2 at the paper's widths). Only the
-// blocks a previous use wrote and this one does not are cleared. Elsewhere an at::empty tensor whose absent
+// blocks a previous use wrote and this one does not are cleared. The default holds two sets of weight gradients at
+// the paper's widths (2 x 630 MB): a loop that backpropagates the two domains one after the other with
+// zero_grad(set_to_none=True) has both alive at once, and with room for one set its step took 1.3 s against
+// 0.21 s (benchmarks/bench_domain_loss.py, docs/troubleshooting.md). Elsewhere an at::empty tensor whose absent
 // blocks are cleared.
 at::Tensor weight_grad_buffer(at::IntArrayRef sizes, const at::TensorOptions& options,
                               const std::vector<bool>& written);
