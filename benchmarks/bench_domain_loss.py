@@ -4,6 +4,7 @@ or both domains in one forward, ``discriminator_loss(*disc.forward_domains(...))
 
     python benchmarks/bench_domain_loss.py                         # paper widths, 128x256 crops, this CPU
     python benchmarks/bench_domain_loss.py --preset paper --device cuda
+    python benchmarks/bench_domain_loss.py --preset paper-two-sizes --device cuda  # the paper's two crop sizes
 
 All three give the same gradients (tests/test_losses.py, tests/test_ssd.py); this measures their time and peak
 memory, each with the two ways a loop clears gradients: ``--grads none`` (``zero_grad()``, PyTorch's default
@@ -42,6 +43,8 @@ class Preset:
     num_classes: int = 19
     in_channels: int = 2048
     channels: tuple[int, int, int, int] = (1024, 512, 256, 128)
+    # the target's (feature_size, label_size) where it differs from the source's
+    target: tuple[tuple[int, int], tuple[int, int]] | None = None
 
 
 PRESETS = {
@@ -50,16 +53,20 @@ PRESETS = {
     "paperwidth": Preset((17, 33), (136, 264)),
     # the paper's widths and crop (512x1024 target: features 65x129), for a GPU
     "paper": Preset((65, 129), (512, 1024)),
+    # a source crop larger than the target's, as in the paper (720x1280 against 512x1024): 136x264 against 104x200
+    "paperwidth-two-sizes": Preset((17, 33), (136, 264), target=((13, 25), (104, 200))),
+    # the paper's crops: source 720x1280 (features 91x161), target 512x1024 (65x129), for a GPU
+    "paper-two-sizes": Preset((91, 161), (720, 1280), target=((65, 129), (512, 1024))),
 }
 
 
 def make_case(preset: Preset, device: torch.device):
     torch.manual_seed(0)
     disc = SeparatedDiscriminator(preset.num_classes, preset.in_channels, preset.channels).to(device)
-    h, w = preset.feature_size
-    feats = [torch.randn(1, preset.in_channels, h, w, device=device) for _ in range(2)]
-    labels = [street_labels(1, *preset.label_size, num_classes=preset.num_classes, seed=s).to(device)
-              for s in (1, 2)]
+    sizes = [(preset.feature_size, preset.label_size), preset.target or (preset.feature_size, preset.label_size)]
+    feats = [torch.randn(1, preset.in_channels, *feature_size, device=device) for feature_size, _ in sizes]
+    labels = [street_labels(1, *label_size, num_classes=preset.num_classes, seed=s).to(device)
+              for s, (_, label_size) in zip((1, 2), sizes)]
     tau = torch.rand(1, preset.num_classes, device=device) + 0.5
     return disc, feats, labels, tau
 
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for grads in args.grads:
         for provider in args.providers:
             for mode in args.modes:
-                row = run_worker(Path(__file__), [*common, "--providers", provider, "--modes", mode, "--grads", grads])
+                row = run_worker(Path(__file__),
+                                 [*common, "--providers", provider, "--modes", mode, "--grads", grads])
                 print(f"  {provider:>9} {mode:>6} grads {grads:>4}: {row['median_ms']:9.1f} ms, peak "
                       f"{row['peak_mb']:8.1f} MB", flush=True)
                 row["case"] = f"{provider}, grads {grads}"

@@ -3,14 +3,17 @@ discriminator against the reference on the layouts that stress it. The rulebook 
 tests (test_sparse_ssd_rulebook.py, test_sparse_conv3x3.py)."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
-from conftest import DEVICES, compare_backends, downsampled_maps, label_layout
+from conftest import CUDA, DEVICES, compare_backends, downsampled_maps, label_layout, require_triton
 
 from ssfdan_ext import IGNORE, SeparatedDiscriminator
 from ssfdan_ext.geometry import layer_sizes
 from ssfdan_ext.ops import sparse_ssd_rulebook
-from ssfdan_ext.ops.sparse_ssd import class_constants, executed_flops
+from ssfdan_ext.ops.sparse_ssd import class_constants, executed_flops, sparse_ssd_forward
+from ssfdan_ext.ops.sparse_ssd_rulebook import concat_rulebooks
 
 def test_rulebook_is_sparse_on_street_layouts_and_counts_flops():
     C, h, w = 19, 32, 64
@@ -68,6 +71,41 @@ def test_fused_matches_reference_on_layouts(device, kind, strides):
     disc = SeparatedDiscriminator(C, 4, (6, 5, 4, 3), strides).to(device)
     ref = compare_backends(disc, torch.randn(2, 4, 12, 16, device=device), labels.to(device), "fused")
     assert (ref.labels != IGNORE).any()
+
+
+@pytest.mark.parametrize("device,impl", [("cpu", "aten"), ("cpu", "triton"),
+                                         pytest.param("cuda", "auto", marks=CUDA.marks)])
+def test_batches_of_two_sizes_evaluate_as_one_row_of_cells(device, impl):
+    """Two batches of different feature sizes on their joined rulebook, their cells laid out as one row (what
+    SeparatedDiscriminator.forward_domains does): the logits and every gradient of each batch evaluated alone."""
+    if impl == "triton":
+        require_triton()
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("the Triton kernels are compiled in this run: the CUDA case covers them")
+    torch.manual_seed(5)
+    C, n = 5, 4
+    disc = SeparatedDiscriminator(C, n, (6, 5, 4, 3), (1, 2, 1, 2, 1)).to(device)
+    feats = [torch.randn(2, n, 7, 9, device=device), torch.randn(1, n, 5, 6, device=device)]
+    plans = [disc.plan(label_layout("street", 2, 28, 36, C, seed=1).to(device), (7, 9)),
+             disc.plan(label_layout("random", 1, 20, 24, C, seed=2).to(device), (5, 6))]
+    rulebook = concat_rulebooks(plans[0].rulebook, plans[1].rulebook, C)
+    assert rulebook.lf_masked.shape == (1, 1, 2 * 63 + 30)
+    leaves = [f.clone().requires_grad_() for f in feats]
+    cells = torch.cat([f.transpose(0, 1).reshape(n, -1) for f in leaves], 1).view(1, n, 1, -1)
+    lo = torch.cat([plan.lo.reshape(-1) for plan in plans]).view(1, 1, -1)
+    params = [conv.weight for conv in disc.convs], [conv.bias for conv in disc.convs]
+    joined = sparse_ssd_forward(cells, rulebook.lf_masked, lo, *params, disc.strides, C, impl=impl, rulebook=rulebook)
+    upstream = torch.randn_like(joined)
+    got = torch.autograd.grad(joined, [*leaves, *disc.parameters()], upstream)
+    alone = [sparse_ssd_forward(f, plan.lf, plan.lo, *params, disc.strides, C, impl=impl, rulebook=plan.rulebook)
+             for f, plan in zip(leaves, plans)]
+    sizes = [a.numel() for a in alone]
+    assert joined.numel() == sum(sizes)
+    torch.testing.assert_close(joined.view(-1), torch.cat([a.reshape(-1) for a in alone]), rtol=1e-5, atol=1e-6)
+    parts = upstream.view(-1).split(sizes)
+    want = torch.autograd.grad(alone, [*leaves, *disc.parameters()], [p.view_as(a) for p, a in zip(parts, alone)])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("strides", [(1, 2, 2, 2, 2), (1, 1, 2, 1, 1)])

@@ -300,38 +300,44 @@ def test_concatenated_plans_evaluate_both_batches_at_once(backend):
         disc.concat_plans(pa, (pa.lf, pa.lo))
 
 
+@pytest.mark.parametrize("target_size", [(7, 9), (5, 6)], ids=["one size", "two sizes"])
 @pytest.mark.parametrize("backend", ["reference", "grouped", "fused"])
-def test_forward_domains_matches_two_forwards(backend, monkeypatch):
+def test_forward_domains_matches_two_forwards(backend, target_size, monkeypatch):
+    import ssfdan_ext.nn.separated_discriminator as module
+
     torch.manual_seed(0)
     C = 5
     disc = SeparatedDiscriminator(C, N, CHANNELS, (1, 2, 1, 2, 1), backend=backend)
-    fs, ft = torch.randn(2, N, 7, 9), torch.randn(2, N, 7, 9)
-    ls, lt = label_layout("street", 2, 28, 36, C, seed=1), label_layout("random", 2, 28, 36, C, seed=2)
+    ht, wt = target_size
+    fs = torch.randn(2, N, 7, 9, requires_grad=True)
+    ft = torch.randn(2, N, ht, wt, requires_grad=True)
+    ls, lt = label_layout("street", 2, 28, 36, C, seed=1), label_layout("random", 2, 4 * ht, 4 * wt, C, seed=2)
     tau = torch.rand(2, C) + 0.5
 
     def loss_and_grads(outputs):
         disc.zero_grad(set_to_none=True)
+        fs.grad = ft.grad = None
         loss = discriminator_loss(*outputs, tau)
         loss.backward()
-        return [o.logits.detach() for o in outputs], [o.labels for o in outputs], [p.grad for p in disc.parameters()]
+        grads = [p.grad for p in disc.parameters()] + [fs.grad, ft.grad]
+        return [o.logits.detach() for o in outputs], [o.labels for o in outputs], grads
 
-    joined = []
-    concat = disc.concat_plans
-    monkeypatch.setattr(disc, "concat_plans", lambda *plans: joined.append(1) or concat(*plans))
+    fused_evaluations = []
+    evaluate = module.sparse_ssd_forward
+    monkeypatch.setattr(module, "sparse_ssd_forward", lambda *a, **k: fused_evaluations.append(1) or evaluate(*a, **k))
     apart = loss_and_grads((disc(fs, ls), disc(ft, lt)))
-    for labels_t in (lt, disc.plan(lt, (7, 9))):  # a label map or a plan
+    fused_evaluations.clear()
+    for labels_t in (lt, disc.plan(lt, (ht, wt))):  # a label map or a plan
         both = loss_and_grads(disc.forward_domains(fs, ls, ft, labels_t))
         for got, want in zip(both[0] + both[2], apart[0] + apart[2]):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
         assert all(torch.equal(got, want) for got, want in zip(both[1], apart[1]))
-    assert len(joined) == 2  # one forward over both batches, each time
-    # Feature maps of different sizes: two forwards, each at its own size.
-    out_s, out_t = disc.forward_domains(fs, ls, torch.randn(2, N, 5, 6), lt)
-    assert out_s.logits.shape[-2:] == disc.output_size(7, 9) and out_t.logits.shape[-2:] == disc.output_size(5, 6)
+    # The fused backend evaluates both domains at once, whatever their sizes.
+    assert len(fused_evaluations) == (2 if backend == "fused" else 0)
     with pytest.raises(TypeError, match="target_labels must be a label map"):
         disc.forward_domains(fs, ls, ft, lt.numpy())
     with pytest.raises(ValueError, match="plan was built for a batch of 1"):
-        disc.forward_domains(fs, ls, ft, disc.plan(lt[:1], (7, 9)))
+        disc.forward_domains(fs, ls, ft, disc.plan(lt[:1], (ht, wt)))
 
 
 ORIENTATION_CHILD = f"""

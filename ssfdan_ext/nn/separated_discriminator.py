@@ -198,16 +198,7 @@ class SeparatedDiscriminator(nn.Module):
         B, n, h, w = features.shape
         C = self.num_classes
         if backend == "fused":
-            if torch.is_autocast_enabled(features.device.type):
-                # Custom autograd ops are not autocast: run them in the dtype autocast would give the convolutions
-                # (autocast leaves float64 tensors as they are).
-                dtype = torch.get_autocast_dtype(features.device.type)
-                features, *params = (t if t.dtype == torch.float64 else t.to(dtype)
-                                     for t in (features, *weights, *biases))
-                weights, biases = params[:5], params[5:]
-            logits = sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, C, self.negative_slope,
-                                        rulebook=plan.rulebook)
-            return DiscriminatorOutput(logits, lo)
+            return DiscriminatorOutput(self._fused_logits(features, lf, lo, plan.rulebook), lo)
         classes = torch.arange(C, device=features.device).view(1, C, 1, 1, 1)
         # Separation by selection, not by multiplying with the mask: 0 * NaN is NaN, and a non-finite feature must
         # reach its own class's stack only (docs: semantics, separation).
@@ -225,14 +216,14 @@ class SeparatedDiscriminator(nn.Module):
         the weights are read, and their gradient written, once. Two separate forwards make autograd add two
         weight-sized gradients before the parameters see them, which at the paper's widths took more time and
         memory than the whole fused step (docs/benchmarks.md, ``bench_domain_loss``). Feature maps of different
-        sizes run as two forwards.
+        sizes (the paper's source and target crops) are joined too on the fused backend, whose pairs do not depend
+        on positions; the dense backends run them as two forwards.
 
         Shapes: as :meth:`forward` for each domain; returns (source output, target output).
         """
         self._check_features(source_features)
         self._check_features(target_features)
-        if (source_features.shape[1:] != target_features.shape[1:]
-                or source_features.dtype != target_features.dtype):
+        if source_features.dtype != target_features.dtype:
             return (self._forward_labels_or_plan(source_features, source_labels, "source_labels"),
                     self._forward_labels_or_plan(target_features, target_labels, "target_labels"))
         plans = []
@@ -246,10 +237,46 @@ class SeparatedDiscriminator(nn.Module):
                 plans.append(self.plan(labels, features.shape[-2:]))
             else:
                 raise TypeError(f"{name} must be a label map (B, H, W) or an SSDPlan, got {type(labels).__name__}")
+        if source_features.shape[-2:] != target_features.shape[-2:]:
+            fused = self.resolve_backend(source_features.device) == "fused"
+            if fused and all(plan.rulebook is not None for plan in plans):
+                return self._fused_domains_of_two_sizes(source_features, target_features, plans)
+            return self(source_features, plan=plans[0]), self(target_features, plan=plans[1])
         B = source_features.shape[0]
         out = self(torch.cat([source_features, target_features]), plan=self.concat_plans(*plans))
         return (DiscriminatorOutput(out.logits[:B], out.labels[:B]),
                 DiscriminatorOutput(out.logits[B:], out.labels[B:]))
+
+    def _fused_logits(self, features: Tensor, lf: Tensor, lo: Tensor, rulebook: Rulebook | None) -> Tensor:
+        weights = [conv.weight for conv in self.convs]
+        biases = [conv.bias for conv in self.convs]
+        if torch.is_autocast_enabled(features.device.type):
+            # Custom autograd ops are not autocast: run them in the dtype autocast would give the convolutions
+            # (autocast leaves float64 tensors as they are).
+            dtype = torch.get_autocast_dtype(features.device.type)
+            features, *params = (t if t.dtype == torch.float64 else t.to(dtype) for t in (features, *weights, *biases))
+            weights, biases = params[:5], params[5:]
+        return sparse_ssd_forward(features, lf, lo, weights, biases, self.strides, self.num_classes,
+                                  self.negative_slope, rulebook=rulebook)
+
+    def _fused_domains_of_two_sizes(self, source_features: Tensor, target_features: Tensor, plans: list[SSDPlan]
+                                    ) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
+        """Both domains in one fused evaluation when their feature maps differ in size. The rulebook lists pairs and
+        value-table rows, not positions, so two batches' rulebooks join whatever their sizes; layer 1 is a 1x1
+        routed product, so the cells of both batches can form one row of cells (n, 1, N_s + N_t) in the order of
+        the joined rulebook's layer-1 labels (source images first, each in raster order)."""
+        rulebook = concat_rulebooks(plans[0].rulebook, plans[1].rulebook, self.num_classes)
+        n = source_features.shape[1]
+        cells = torch.cat([f.transpose(0, 1).reshape(n, -1) for f in (source_features, target_features)], 1)
+        lo = torch.cat([plan.lo.reshape(-1) for plan in plans]).view(1, 1, -1)
+        logits = self._fused_logits(cells.view(1, n, 1, -1), rulebook.lf_masked, lo, rulebook).view(-1)
+        outputs, start = [], 0
+        for plan in plans:
+            size = plan.lo.numel()
+            outputs.append(DiscriminatorOutput(logits[start:start + size].view(plan.lo.shape[0], 1, *plan.lo.shape[1:]),
+                                               plan.lo))
+            start += size
+        return outputs[0], outputs[1]
 
     def _forward_labels_or_plan(self, features: Tensor, labels: object, name: str) -> DiscriminatorOutput:
         if isinstance(labels, SSDPlan):

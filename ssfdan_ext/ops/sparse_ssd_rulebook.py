@@ -96,7 +96,8 @@ def _remap(index: Tensor, rows: Tensor, segments: Tensor, shift: Tensor, tail_sh
 def concat_rulebooks(a: Rulebook, b: Rulebook, num_classes: int) -> Rulebook:
     """The rulebook of two batches together (a's images first): equal to :func:`sparse_ssd_rulebook` on the
     concatenated label maps, without walking the sets again. Within a class, a's pairs come before b's, as the
-    batch order gives them.
+    batch order gives them. Label maps of two sizes join too: ``lf_masked`` is then one row of cells (1, 1, N_a +
+    N_b), a's cells first, and ``out_index`` lists a's output cells, then b's.
     """
     C = num_classes
     # Layer 1's rows: every cell, sorted by class with IGNORE last (C + 1 segments).
@@ -123,7 +124,11 @@ def concat_rulebooks(a: Rulebook, b: Rulebook, num_classes: int) -> Rulebook:
     shift_a, shift_b = _joint_rows(*counts)
     out = [_remap(rb.out_index, rows[k], segs[k], shift, rows[1 - k])
            for k, (rb, shift) in enumerate(((a, shift_a), (b, shift_b)))]
-    return Rulebook(torch.cat([a.lf_masked, b.lf_masked]), tuple(taps), tuple(offsets), torch.cat(out))
+    if a.lf_masked.shape[1:] == b.lf_masked.shape[1:]:
+        lf_masked = torch.cat([a.lf_masked, b.lf_masked])
+    else:  # feature maps of two sizes: one row of cells, a's images first, each in raster order
+        lf_masked = torch.cat([a.lf_masked.reshape(-1), b.lf_masked.reshape(-1)]).view(1, 1, -1)
+    return Rulebook(lf_masked, tuple(taps), tuple(offsets), torch.cat(out))
 
 
 if has_compiled_ops():

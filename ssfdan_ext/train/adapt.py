@@ -138,8 +138,8 @@ class Discriminators(nn.Module):
 
     def _ssd_both(self, feat_s: Tensor, feat_t: Tensor, masks_s: Masks,
                   masks_t: Masks) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
-        """The SS-D outputs of both domains: SeparatedDiscriminator.forward_domains on their plans (one fused forward
-        over the two batches when their features have one size)."""
+        """The SS-D outputs of both domains: SeparatedDiscriminator.forward_domains on their plans (one forward over
+        the two batches; on the fused backend also when their features differ in size)."""
         if masks_s.plan is None or masks_t.plan is None:
             return self._ssd(feat_s, masks_s), self._ssd(feat_t, masks_t)
         return self.ssd.forward_domains(feat_s, masks_s.plan, feat_t, masks_t.plan)
