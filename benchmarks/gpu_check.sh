@@ -10,8 +10,9 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests_cuda bench_ssd  # the build and then only the named steps
 #
 # Steps (in order): env build info memcheck racecheck tests_cuda bench_ssd bench_confidence_select
-# bench_iteration compile_cuda bench_ssd_variants bench_iteration_reference. A step whose time limit would pass
-# the budget is cut short to fit it; with under 15 s left, the remaining steps are skipped and say so.
+# bench_iteration compile_cuda bench_ssd_variants bench_domain_loss bench_iteration_reference. A step whose time
+# limit would pass the budget is cut short to fit it; with under 15 s left, the remaining steps are skipped and
+# say so.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/benchmarks/results/gpu}
@@ -105,6 +106,9 @@ step compile_cuda 90 $PY -m pytest "$ROOT/tests/test_compile.py" -m cuda -k "$CO
 step bench_ssd_variants 90 bash -c "$PY '$ROOT/benchmarks/bench_ssd.py' --preset paper --device cuda --modes full \
   --precision fp32-ieee --repeats 5 --warmup 2 --out '$WORK' && $PY '$ROOT/benchmarks/bench_ssd.py' --preset \
   paper --device cuda --modes full --precision bf16 --repeats 5 --warmup 2 --out '$WORK'"
+# The discriminator step on the paper's two crop sizes: both domains in one fused forward against two forwards.
+step bench_domain_loss 45 $PY "$ROOT/benchmarks/bench_domain_loss.py" --preset paper-two-sizes --device cuda \
+  --providers fused --modes joint paired --grads none --repeats 5 --warmup 2 --out "$WORK"
 
 # The per-class loop at paper scale, last: the slowest row, and the least needed.
 step bench_iteration_reference 60 $PY "$ROOT/benchmarks/bench_iteration.py" --preset paper --device cuda \
