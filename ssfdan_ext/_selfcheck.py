@@ -309,6 +309,44 @@ def check_separated_discriminator(device: str, dtype: torch.dtype, backend: str 
     return cmp
 
 
+def check_forward_domains(device: str, dtype: torch.dtype, backend: str | None, gen: torch.Generator) -> Comparison:
+    """A discriminator step's two domains, of two feature sizes, in one forward (SeparatedDiscriminator.
+    forward_domains: one row of cells on the joined rulebook) against the reference's two forwards."""
+    cmp = Comparison()
+    sizes = (((7, 9), (28, 36)), ((5, 6), (20, 24)))
+    names = [f"{d} {what}" for d in ("source", "target") for what in ("logits", "grad features")]
+    names += [f"grad convs.{l}.{p}" for p in ("weight", "bias") for l in range(5)]
+    for kind in KINDS:
+        weights, biases = _ssd_parameters(gen)
+        feats = [_values("random", (2, N, *f), gen).float() for f, _ in sizes]
+        labels = [_labels(kind, 2, *lab, gen, k=4) for _, lab in sizes]
+        upstream = [_values("random", (2, 1, *output_size(*f, STRIDES)), gen).float() for f, _ in sizes]
+        results = []
+        for run_backend, run_device in ((backend, device), ("reference", "cpu")):
+            disc = SeparatedDiscriminator(C, N, CHANNELS, STRIDES, backend=run_backend)
+            with torch.no_grad():
+                for conv, w, b in zip(disc.convs, weights, biases):
+                    conv.weight.copy_(w)
+                    conv.bias.copy_(b)
+            disc = disc.to(device=run_device, dtype=dtype)
+            x = [f.to(device=run_device, dtype=dtype).requires_grad_(True) for f in feats]
+            lab = [t.to(run_device) for t in labels]
+            if run_backend == "reference":
+                outs = [disc(x[0], lab[0]), disc(x[1], lab[1])]
+            else:
+                outs = list(disc.forward_domains(x[0], lab[0], x[1], lab[1]))
+            params = [disc.convs[l].weight for l in range(5)] + [disc.convs[l].bias for l in range(5)]
+            loss = sum((o.logits * u.to(o.logits)).sum() for o, u in zip(outs, upstream))
+            grads = torch.autograd.grad(loss, [*x, *params])
+            results.append([outs[0].logits, grads[0], outs[1].logits, grads[1], *grads[2:]])
+            cmp.exact(f"{kind} {run_backend} output sizes",
+                      torch.tensor([list(o.logits.shape) for o in outs]),
+                      torch.tensor([[2, 1, *output_size(*f, STRIDES)] for f, _ in sizes]))
+        for name, a, e in zip(names, *results):
+            cmp.close(f"{kind} {name}", a, e, TOLERANCES[dtype])
+    return cmp
+
+
 # --- the table of checks ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -334,6 +372,7 @@ CHECKS = (
     Check("sparse_ssd_rulebook", None, (torch.int64,), check_sparse_ssd_rulebook),
     Check("SeparatedDiscriminator", "grouped", FLOATS, check_separated_discriminator),
     Check("SeparatedDiscriminator", "fused", FLOATS, check_separated_discriminator),
+    Check("forward_domains", "fused", (torch.float32,), check_forward_domains),
 )
 
 

@@ -69,7 +69,7 @@ def test_check_passes_on_the_cpu_with_interpreted_triton():
     rows = _rows(proc.stdout)
     expected_ops = ["confidence_select", "mode_downsample", "routed_conv1x1[aten]", "routed_conv1x1[triton]",
                     "sparse_conv3x3[aten]", "sparse_conv3x3[triton]", "sparse_ssd_rulebook",
-                    "SeparatedDiscriminator[grouped]", "SeparatedDiscriminator[fused]"]
+                    "SeparatedDiscriminator[grouped]", "SeparatedDiscriminator[fused]", "forward_domains[fused]"]
     assert sorted({op for op, _, _ in rows}) == sorted(expected_ops)
     assert all(device == "cpu" for _, device, _ in rows)
     # Triton runs interpreted in float32; the interpreter cannot check bfloat16 (a SKIP with its reason).
@@ -77,6 +77,7 @@ def test_check_passes_on_the_cpu_with_interpreted_triton():
     assert rows[("sparse_conv3x3[triton]", "cpu", "float32")][0] == "PASS"
     assert rows[("sparse_conv3x3[triton]", "cpu", "bfloat16")][0] == "SKIP"
     assert rows[("SeparatedDiscriminator[fused]", "cpu", "bfloat16")][0] == "PASS"
+    assert rows[("forward_domains[fused]", "cpu", "float32")][0] == "PASS"
     assert not any(r[0] == "FAIL" for r in rows.values())
 
 
