@@ -264,15 +264,20 @@ def check_sparse_ssd_rulebook(device: str, dtype: torch.dtype, impl: str | None,
     return cmp
 
 
-def _ssd_run(backend: str, dtype: torch.dtype, device: str, weights: list[Tensor], biases: list[Tensor],
-             features: Tensor, labels: Tensor, upstream: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """(output labels, [logits, grad features, grads of the parameters]) of one SS-D backend in ``dtype``."""
+def _discriminator(backend: str, dtype: torch.dtype, device: str, weights: list[Tensor],
+                   biases: list[Tensor]) -> SeparatedDiscriminator:
     disc = SeparatedDiscriminator(C, N, CHANNELS, STRIDES, backend=backend)
     with torch.no_grad():
         for conv, w, b in zip(disc.convs, weights, biases):
             conv.weight.copy_(w)
             conv.bias.copy_(b)
-    disc = disc.to(device=device, dtype=dtype)
+    return disc.to(device=device, dtype=dtype)
+
+
+def _ssd_run(backend: str, dtype: torch.dtype, device: str, weights: list[Tensor], biases: list[Tensor],
+             features: Tensor, labels: Tensor, upstream: Tensor) -> tuple[Tensor, list[Tensor]]:
+    """(output labels, [logits, grad features, grads of the parameters]) of one SS-D backend in ``dtype``."""
+    disc = _discriminator(backend, dtype, device, weights, biases)
     x = features.to(device=device, dtype=dtype).requires_grad_(True)
     out = disc(x, labels.to(device))
     # parameters() interleaves weight and bias; report weights first: convs.0.weight ... convs.4.bias
@@ -323,12 +328,7 @@ def check_forward_domains(device: str, dtype: torch.dtype, backend: str | None, 
         upstream = [_values("random", (2, 1, *output_size(*f, STRIDES)), gen).float() for f, _ in sizes]
         results = []
         for run_backend, run_device in ((backend, device), ("reference", "cpu")):
-            disc = SeparatedDiscriminator(C, N, CHANNELS, STRIDES, backend=run_backend)
-            with torch.no_grad():
-                for conv, w, b in zip(disc.convs, weights, biases):
-                    conv.weight.copy_(w)
-                    conv.bias.copy_(b)
-            disc = disc.to(device=run_device, dtype=dtype)
+            disc = _discriminator(run_backend, dtype, run_device, weights, biases)
             x = [f.to(device=run_device, dtype=dtype).requires_grad_(True) for f in feats]
             lab = [t.to(run_device) for t in labels]
             if run_backend == "reference":
