@@ -263,7 +263,7 @@ class SeparatedDiscriminator(nn.Module):
                                     ) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
         """Both domains in one fused evaluation when their feature maps differ in size. The rulebook lists pairs and
         value-table rows, not positions, so two batches' rulebooks join whatever their sizes; layer 1 is a 1x1
-        routed product, so the cells of both batches can form one row of cells (n, 1, N_s + N_t) in the order of
+        routed product, so the cells of both batches can form one row of cells (1, n, 1, N_s + N_t) in the order of
         the joined rulebook's layer-1 labels (source images first, each in raster order)."""
         rulebook = concat_rulebooks(plans[0].rulebook, plans[1].rulebook, self.num_classes)
         n = source_features.shape[1]
