@@ -3,6 +3,7 @@ losses."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import random
 import time
@@ -393,6 +394,12 @@ class Trainer:
         if self.csv is not None:
             self.csv.close()
         self.tb.close()
+        # DistributedDataParallel's reducers hold the process group: released before leaving it, the group is then
+        # destroyed by destroy_process_group (which releases the GIL while gloo's threads finish), not by a reducer
+        # freed later while holding the GIL. The latter hung a two-process CPU run at exit once with torch 2.11: a
+        # gloo thread waited for the GIL to free a finished collective's tensors while the reducer waited for it.
+        self.model_ddp, self.discs_ddp = self.model, self.discs
+        gc.collect()
         D.cleanup(self.dist)
         torch.set_num_threads(self._threads)
         if self._lock is not None:
