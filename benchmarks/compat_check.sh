@@ -21,12 +21,15 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=${MAX_JOBS:-2}
 PIP=("$VENV/bin/python" -m pip install -q)
 "${PIP[@]}" "torch==$TORCH" "torchvision==$TORCHVISION" setuptools wheel ninja pybind11 numpy
 SRC=$(mktemp -d /tmp/ssfdan-compat-src.XXXXXX)
-trap 'rm -rf "$SRC"' EXIT
+RUN=$(mktemp -d /tmp/ssfdan-compat-run.XXXXXX)
+trap 'rm -rf "$SRC" "$RUN"' EXIT
 tar -C "$ROOT" --exclude=./.git --exclude=./.venv --exclude=./build --exclude='*.so' --exclude='*.egg-info' \
   --exclude=__pycache__ -cf - . | tar -C "$SRC" -xf -
 "${PIP[@]}" --no-build-isolation "$SRC[test]"
-# From outside the source tree, so that the installed package (with its _C) is the one imported.
-cd /tmp
+# From outside the source tree, so that the installed package (with its _C) is the one imported, and from an empty
+# directory: `python -m` puts the working directory first on sys.path, where any stray module (a dl.py in /tmp
+# once shadowed the module of that name that a library imports) would be imported instead.
+cd "$RUN"
 "$VENV/bin/python" -c "import sys, torch, torchvision, numpy; import triton; import ssfdan_ext; \
 print('compat_check: python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', \
 torchvision.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__); print(ssfdan_ext.build_info())"
