@@ -190,9 +190,9 @@ class SeparatedDiscriminator(nn.Module):
             plan = self.plan(labels, features.shape[-2:], label_maps=label_maps)
         lf, lo = plan.lf, plan.lo
         backend = self.resolve_backend(features.device)
-        weights = [conv.weight for conv in self.convs]
-        biases = [conv.bias for conv in self.convs]
         if backend == "reference":
+            weights = [conv.weight for conv in self.convs]
+            biases = [conv.bias for conv in self.convs]
             return reference.ssd_forward(features, None, weights, biases, self.strides, self.num_classes,
                                          self.negative_slope, label_maps=(lf, lo))
         B, n, h, w = features.shape
@@ -221,14 +221,10 @@ class SeparatedDiscriminator(nn.Module):
 
         Shapes: as :meth:`forward` for each domain; returns (source output, target output).
         """
-        self._check_features(source_features)
-        self._check_features(target_features)
-        if source_features.dtype != target_features.dtype:
-            return (self._forward_labels_or_plan(source_features, source_labels, "source_labels"),
-                    self._forward_labels_or_plan(target_features, target_labels, "target_labels"))
         plans = []
         for features, labels, name in ((source_features, source_labels, "source_labels"),
                                        (target_features, target_labels, "target_labels")):
+            self._check_features(features)
             if isinstance(labels, SSDPlan):
                 self._check_plan(features, labels)
                 plans.append(labels)
@@ -237,9 +233,10 @@ class SeparatedDiscriminator(nn.Module):
                 plans.append(self.plan(labels, features.shape[-2:]))
             else:
                 raise TypeError(f"{name} must be a label map (B, H, W) or an SSDPlan, got {type(labels).__name__}")
-        if source_features.shape[-2:] != target_features.shape[-2:]:
+        one_dtype = source_features.dtype == target_features.dtype
+        if not one_dtype or source_features.shape[-2:] != target_features.shape[-2:]:
             fused = self.resolve_backend(source_features.device) == "fused"
-            if fused and all(plan.rulebook is not None for plan in plans):
+            if one_dtype and fused and all(plan.rulebook is not None for plan in plans):
                 return self._fused_domains_of_two_sizes(source_features, target_features, plans)
             return self(source_features, plan=plans[0]), self(target_features, plan=plans[1])
         B = source_features.shape[0]
@@ -277,13 +274,6 @@ class SeparatedDiscriminator(nn.Module):
                                                plan.lo))
             start += size
         return outputs[0], outputs[1]
-
-    def _forward_labels_or_plan(self, features: Tensor, labels: object, name: str) -> DiscriminatorOutput:
-        if isinstance(labels, SSDPlan):
-            return self(features, plan=labels)
-        if isinstance(labels, Tensor):
-            return self(features, labels)
-        raise TypeError(f"{name} must be a label map (B, H, W) or an SSDPlan, got {type(labels).__name__}")
 
     def _check_plan_source(self, plan: object) -> None:
         if not isinstance(plan, SSDPlan):

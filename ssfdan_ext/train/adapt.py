@@ -140,8 +140,6 @@ class Discriminators(nn.Module):
                   masks_t: Masks) -> tuple[DiscriminatorOutput, DiscriminatorOutput]:
         """The SS-D outputs of both domains: SeparatedDiscriminator.forward_domains on their plans (one forward over
         the two batches; on the fused backend also when their features differ in size)."""
-        if masks_s.plan is None or masks_t.plan is None:
-            return self._ssd(feat_s, masks_s), self._ssd(feat_t, masks_t)
         return self.ssd.forward_domains(feat_s, masks_s.plan, feat_t, masks_t.plan)
 
     def generator_terms(self, feat_t: Tensor, masks_t: Masks) -> list[LossTerm]:
