@@ -86,6 +86,28 @@ def test_rejects_labels_out_of_range(device, bad):
         reference.mode_downsample(labels, (2, 2), 3)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_bins_of_one_value(device):
+    """Bins that hold one value (most bins of a segmentation map) take the kernels' shortcut: a class is its own
+    mode, an IGNORE bin stays IGNORE, and a bin of one out-of-range value is still an error."""
+    labels = torch.full((2, 24, 40), IGNORE, dtype=torch.int64)
+    labels[0, :, :20] = 4  # left half one class, right half IGNORE
+    labels[1, :12] = 0
+    labels[1, 12:, 7] = 2  # one column of another class in the lower bins
+    for size in [(3, 5), (6, 10), (5, 7), (24, 40)]:  # divisible and overlapping bins
+        expected = reference.mode_downsample(labels, size, 5)
+        actual = ssfdan_ext.mode_downsample(labels.to(device), size, 5).cpu()
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+    assert (expected[0, :, :1] == 4).all() and (expected[0, :, -1:] == IGNORE).all()
+    for bad in (5, -3, 254):
+        with pytest.raises(ValueError, match=f"found {bad}"):
+            ssfdan_ext.mode_downsample(torch.full((1, 8, 8), bad).to(device), (2, 2), 5)
+        one_bin = labels[:1].clone()
+        one_bin[0, :8, :8] = bad  # one uniform bin of a bad value among valid ones
+        with pytest.raises(ValueError, match=f"found {bad}"):
+            ssfdan_ext.mode_downsample(one_bin.to(device), (3, 5), 5)
+
+
 @pytest.mark.parametrize("fn", [ssfdan_ext.mode_downsample, reference.mode_downsample])
 def test_rejects_bad_arguments(fn):
     labels = torch.zeros(1, 4, 4, dtype=torch.int64)

@@ -1,4 +1,5 @@
-// CPU kernel of docs/semantics.md section 2 (mode downsampling): one histogram per output cell, parallel over rows.
+// CPU kernel of docs/semantics.md section 2 (mode downsampling): one histogram per output cell (a comparison per
+// pixel for cells inside one region), parallel over rows.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -10,6 +11,17 @@
 
 namespace ssfdan_ext {
 namespace {
+
+// Whether every pixel of rows [r0, r1), columns [c0, c1) of a (H, W) map equals `value`.
+bool uniform_bin(const int64_t* map, int64_t W, int64_t r0, int64_t r1, int64_t c0, int64_t c1, int64_t value) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t* row = map + r * W;
+    int64_t differs = 0;
+    for (int64_t c = c0; c < c1; ++c) differs |= row[c] ^ value;  // no early exit within a row: vectorised
+    if (differs != 0) return false;
+  }
+  return true;
+}
 
 at::Tensor mode_downsample_cpu(const at::Tensor& labels_in, int64_t out_h, int64_t out_w,
                                int64_t num_classes) {
@@ -34,6 +46,15 @@ at::Tensor mode_downsample_cpu(const at::Tensor& labels_in, int64_t out_h, int64
       const int64_t r0 = bin_start(i, H, out_h), r1 = bin_end(i, H, out_h);
       for (int64_t j = 0; j < out_w; ++j) {
         const int64_t c0 = bin_start(j, W, out_w), c1 = bin_end(j, W, out_w);
+        int64_t& mode = dst[(b * out_h + i) * out_w + j];
+        // Most bins of a segmentation map lie inside one region: a bin of one valid value is its mode, found with
+        // a comparison per pixel instead of a histogram increment (which serialises on runs of one class).
+        const int64_t first = in[(b * H + r0) * W + c0];
+        if (uniform_bin(in + b * H * W, W, r0, r1, c0, c1, first) &&
+            ((first >= 0 && first < num_classes) || first == kIgnoreLabel)) {
+          mode = first;
+          continue;
+        }
         std::fill(hist.begin(), hist.begin() + num_classes, 0);
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t* src = in + (b * H + r) * W;
@@ -47,7 +68,7 @@ at::Tensor mode_downsample_cpu(const at::Tensor& labels_in, int64_t out_h, int64
             }
           }
         }
-        dst[(b * out_h + i) * out_w + j] = histogram_mode(hist.data(), num_classes, kIgnoreLabel);
+        mode = histogram_mode(hist.data(), num_classes, kIgnoreLabel);
       }
     }
   });
