@@ -92,6 +92,56 @@ def test_every_backend_equals_the_reference(case):
             assert_close_scaled(g, r, f"{backend} gradient {i}")
 
 
+@st.composite
+def domain_pairs(draw):
+    """A discriminator and two domains drawn apart: own batch, feature size, label layout (so a class may be in one
+    domain only, or a domain all IGNORE), one of them optionally given as a plan."""
+    case = draw(discriminator_cases())
+    domains = []
+    for _ in range(2):
+        h, w, scale = draw(st.integers(1, 7)), draw(st.integers(1, 7)), draw(st.integers(1, 3))
+        domains.append(dict(B=draw(st.integers(1, 2)), h=h, w=w, H=h * scale, W=w * scale,
+                            layout=draw(st.sampled_from(LAYOUTS)), plan=draw(st.booleans())))
+    return case, domains
+
+
+@given(domain_pairs())
+def test_forward_domains_equals_two_forwards(pair):
+    """SeparatedDiscriminator.forward_domains (one joined evaluation on the fused backend, also at two feature
+    sizes) gives each domain's logits, labels and, through a loss over both, every gradient of two forwards."""
+    case, domains = pair
+    gen = torch.Generator().manual_seed(case["seed"])
+    torch.manual_seed(case["seed"])
+    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"],
+                                     backend="fused").to(case["dtype"])
+    inputs = []
+    for d in domains:
+        features = _layout_memory(torch.randn(d["B"], case["n"], d["h"], d["w"], generator=gen,
+                                              dtype=case["dtype"]), case["memory"])
+        labels = _labels(d["layout"], d["B"], d["H"], d["W"], case["C"], gen)
+        inputs.append((features.detach().requires_grad_(True), labels))
+
+    def run(forward):
+        disc.zero_grad(set_to_none=True)
+        for features, _ in inputs:
+            features.grad = None
+        outputs = forward()
+        loss = sum((o.logits * torch.linspace(-1, 1, o.logits.numel(), dtype=o.logits.dtype).view_as(o.logits))
+                   .sum() for o in outputs)
+        loss.backward()
+        return outputs, [f.grad for f, _ in inputs] + [p.grad for p in disc.parameters()]
+
+    apart, apart_grads = run(lambda: [disc(f, l) for f, l in inputs])
+    given_labels = [disc.plan(l, f.shape[-2:]) if d["plan"] else l for (f, l), d in zip(inputs, domains)]
+    joint, joint_grads = run(lambda: disc.forward_domains(inputs[0][0], given_labels[0], inputs[1][0],
+                                                          given_labels[1]))
+    for got, want in zip(joint, apart):
+        assert torch.equal(got.labels, want.labels)
+        assert_close_scaled(got.logits, want.logits, "forward_domains logits")
+    for i, (got, want) in enumerate(zip(joint_grads, apart_grads)):
+        assert_close_scaled(got, want, f"forward_domains gradient {i}")
+
+
 @given(st.integers(1, 2), st.integers(1, 6), st.integers(1, 9), st.integers(1, 9), st.integers(0, 2**16),
        st.sampled_from((0.0, 1.0, 0.5, 1e-7)) | st.floats(0, 1), st.booleans())
 def test_confidence_select_equals_the_reference(B, C, H, W, seed, rho, ties):
