@@ -10,9 +10,9 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh tests_cuda bench_ssd  # the build and then only the named steps
 #
 # Steps (in order): env build info memcheck racecheck tests_cuda bench_ssd bench_confidence_select
-# bench_iteration compile_cuda bench_ssd_variants bench_domain_loss bench_iteration_reference. A step whose time
-# limit would pass the budget is cut short to fit it; with under 15 s left, the remaining steps are skipped and
-# say so.
+# bench_iteration compile_cuda bench_ssd_variants bench_domain_loss tests_cuda_random bench_iteration_reference.
+# A step whose time limit would pass the budget is cut short to fit it; with under 15 s left, the remaining steps
+# are skipped and say so.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$ROOT/benchmarks/results/gpu}
@@ -91,9 +91,11 @@ step racecheck 75 "$SANITIZER" --tool racecheck --error-exitcode 3 --print-limit
 
 # Inductor compiling a whole training step is its own later step (compile_cuda): its compile time would crowd
 # out the kernel tests.
+# The randomized comparison (tests_cuda_random) is a later step too: each new shape may compile Triton kernels.
 COMPILE_TEST=compiled_training_step_on_the_gpu
-step tests_cuda 170 $PY -m pytest "$ROOT/tests" -m cuda -k "not $COMPILE_TEST" -q -rs -p no:cacheprovider \
-  --junitxml="$WORK/tests_cuda.xml"
+RANDOM_TEST=fused_on_the_gpu_equals_the_cpu_reference
+step tests_cuda 170 $PY -m pytest "$ROOT/tests" -m cuda -k "not $COMPILE_TEST and not $RANDOM_TEST" -q -rs \
+  -p no:cacheprovider --junitxml="$WORK/tests_cuda.xml"
 step bench_ssd 120 bash -c "$PY '$ROOT/benchmarks/bench_ssd.py' --preset paper --device cuda --modes fwd full \
   --repeats 5 --warmup 2 --out '$WORK' && $PY '$ROOT/benchmarks/bench_ssd.py' --preset paper --device cuda \
   --layout checkerboard --modes full --repeats 5 --warmup 2 --out '$WORK'"
@@ -109,6 +111,11 @@ step bench_ssd_variants 90 bash -c "$PY '$ROOT/benchmarks/bench_ssd.py' --preset
 # The discriminator step on the paper's two crop sizes: both domains in one fused forward against two forwards.
 step bench_domain_loss 45 $PY "$ROOT/benchmarks/bench_domain_loss.py" --preset paper-two-sizes --device cuda \
   --providers fused --modes joint paired --grads none --repeats 5 --warmup 2 --out "$WORK"
+
+# The fused backend on the GPU against the CPU reference on random small shapes, layouts and strides (hypothesis,
+# the tests' default of 20 examples): tiles that straddle class boundaries, classes without pairs.
+step tests_cuda_random 75 $PY -m pytest "$ROOT/tests/test_properties.py" -m cuda -k "$RANDOM_TEST" -q -rs \
+  -p no:cacheprovider --junitxml="$WORK/tests_cuda_random.xml"
 
 # The per-class loop at paper scale, last: the slowest row, and the least needed.
 step bench_iteration_reference 60 $PY "$ROOT/benchmarks/bench_iteration.py" --preset paper --device cuda \

@@ -84,3 +84,18 @@ def test_named_steps_and_failures(tmp_path):
     # Racecheck runs the self-test's CUDA rows under the sanitizer with an error exit code.
     assert "--tool racecheck --error-exitcode" in calls and "ssfdan_ext.info --check --device cuda" in calls
     assert "info.log" in _archived(out)
+
+
+def test_every_step_runs_once_and_the_randomized_gpu_test_only_in_its_own_step(tmp_path):
+    proc, out = _run(tmp_path, budget=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    verdicts = _summary(out)
+    assert list(verdicts) == ["env", "build", "info", "memcheck", "racecheck", "tests_cuda", "bench_ssd",
+                              "bench_confidence_select", "bench_iteration", "compile_cuda", "bench_ssd_variants",
+                              "bench_domain_loss", "tests_cuda_random", "bench_iteration_reference"]
+    assert set(verdicts.values()) == {"PASS"}
+    pytest_calls = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "-m pytest" in c]
+    random_test = "fused_on_the_gpu_equals_the_cpu_reference"
+    # pytest -k: the kernel tests leave the randomized test out; its own step runs only it.
+    assert sum(f"not {random_test}" in c for c in pytest_calls) == 1
+    assert sum(f"-k {random_test}" in c for c in pytest_calls) == 1

@@ -18,7 +18,7 @@ from ssfdan_ext import reference
 from ssfdan_ext.ops import routed_layer1_dense
 from ssfdan_ext.testing import checkerboard_labels, street_labels
 
-from conftest import assert_close_scaled
+from conftest import CUDA, assert_close_scaled
 
 pytestmark = pytest.mark.skipif(not sd.build_info()["compiled"], reason="compares the compiled ops")
 
@@ -43,8 +43,8 @@ def _labels(layout: str, B: int, H: int, W: int, C: int, gen: torch.Generator) -
 def _layout_memory(x: torch.Tensor, memory: str) -> torch.Tensor:
     if memory == "channels_last":
         return x.contiguous(memory_format=torch.channels_last)
-    if memory == "strided":  # a non-contiguous view with the same values
-        return torch.cat([x, x], dim=-1)[..., ::2].detach() if x.shape[-1] else x
+    if memory == "strided":  # a non-contiguous view with the same values (every other element of an interleave)
+        return torch.stack([x, x], dim=-1)[..., 0]
     return x
 
 
@@ -90,6 +90,28 @@ def test_every_backend_equals_the_reference(case):
         assert_close_scaled(out.logits, ref.logits, f"{backend} logits")
         for i, (g, r) in enumerate(zip(grads, ref_grads)):
             assert_close_scaled(g, r, f"{backend} gradient {i}")
+
+
+@pytest.mark.parametrize("device", [CUDA])
+@given(case=discriminator_cases())
+def test_fused_on_the_gpu_equals_the_cpu_reference(device, case):
+    """The fused backend on the GPU (its Triton kernels for float32, ATen for float64) against the reference on
+    the CPU, on the same random shapes, strides, layouts and memory formats as the CPU property above: tiles that
+    straddle class boundaries, widths of 1-6 channels, classes without pairs."""
+    gen = torch.Generator().manual_seed(case["seed"])
+    torch.manual_seed(case["seed"])
+    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
+    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
+    labels = _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
+    disc.backend = "reference"
+    ref, ref_grads, grad = _forward_backward(disc, features, labels, None)
+    disc.to(device).backend = "fused"
+    out, grads, _ = _forward_backward(disc, _layout_memory(features.to(device), case["memory"]), labels.to(device),
+                                      grad.to(device))
+    assert torch.equal(out.labels.cpu(), ref.labels)
+    assert_close_scaled(out.logits.cpu(), ref.logits, "fused logits on the GPU")
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        assert_close_scaled(g.cpu(), r, f"fused gradient {i} on the GPU")
 
 
 @st.composite
