@@ -7,18 +7,20 @@ draws many more examples for local runs.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import ssfdan_ext as sd
 from ssfdan_ext import reference
 from ssfdan_ext.ops import routed_layer1_dense
+from ssfdan_ext.ops.sparse_ssd import sparse_ssd_forward
 from ssfdan_ext.testing import checkerboard_labels, street_labels
 
-from conftest import CUDA, assert_close_scaled
+from conftest import CUDA, assert_close_scaled, require_triton
 
 pytestmark = pytest.mark.skipif(not sd.build_info()["compiled"], reason="compares the compiled ops")
 
@@ -112,6 +114,38 @@ def test_fused_on_the_gpu_equals_the_cpu_reference(device, case):
     assert_close_scaled(out.logits.cpu(), ref.logits, "fused logits on the GPU")
     for i, (g, r) in enumerate(zip(grads, ref_grads)):
         assert_close_scaled(g.cpu(), r, f"fused gradient {i} on the GPU")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="TRITON_INTERPRET is not 1: the GPU runs the compiled kernels (the test above)")
+@settings(max_examples=8)  # the interpreter runs each kernel launch in Python
+@given(discriminator_cases())
+def test_interpreted_triton_kernels_equal_aten(case):
+    """The fused evaluation through the Triton kernels (run by Triton's interpreter on CPU tensors, as the GPU runs
+    them compiled) against the same evaluation through the ATen kernels, on random shapes and layouts."""
+    require_triton()
+    gen = torch.Generator().manual_seed(case["seed"])
+    torch.manual_seed(case["seed"])
+    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
+    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
+    labels = _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
+    plan = disc.plan(labels, (case["h"], case["w"]))
+    params = [conv.weight for conv in disc.convs] + [conv.bias for conv in disc.convs]
+
+    def evaluate(impl):
+        leaves = [_layout_memory(features, case["memory"]).requires_grad_(True), *params]
+        out = sparse_ssd_forward(leaves[0], plan.lf, plan.lo, params[:5], params[5:], disc.strides, case["C"],
+                                 impl=impl, rulebook=plan.rulebook)
+        upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+        return out, torch.autograd.grad((out * upstream).sum(), leaves, allow_unused=True)
+
+    out, grads = evaluate("triton")
+    ref, ref_grads = evaluate("aten")
+    assert_close_scaled(out, ref, "interpreted Triton logits")
+    for i, (g, r) in enumerate(zip(grads, ref_grads)):
+        assert (g is None) == (r is None), f"gradient {i}"
+        if r is not None:
+            assert_close_scaled(g, r, f"interpreted Triton gradient {i}")
 
 
 @st.composite
