@@ -88,8 +88,8 @@ def test_rejects_labels_out_of_range(device, bad):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_bins_of_one_value(device):
-    """Bins that hold one value (most bins of a segmentation map) take the kernels' shortcut: a class is its own
-    mode, an IGNORE bin stays IGNORE, and a bin of one out-of-range value is still an error."""
+    """Bins that hold one value (most bins of a segmentation map; the CPU kernel settles them without a histogram):
+    a class is its own mode, an IGNORE bin stays IGNORE, and a bin of one out-of-range value is still an error."""
     labels = torch.full((2, 24, 40), IGNORE, dtype=torch.int64)
     labels[0, :, :20] = 4  # left half one class, right half IGNORE
     labels[1, :12] = 0
