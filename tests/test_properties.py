@@ -65,6 +65,25 @@ def discriminator_cases(draw):
                 seed=draw(st.integers(0, 2**16)))
 
 
+def _seeded_disc(case: dict) -> tuple[sd.SeparatedDiscriminator, torch.Generator]:
+    """The case's discriminator (torch's seed set to the case's) and a generator for its inputs."""
+    torch.manual_seed(case["seed"])
+    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
+    return disc, torch.Generator().manual_seed(case["seed"])
+
+
+def _drawn(case: dict) -> tuple[sd.SeparatedDiscriminator, torch.Tensor, torch.Tensor]:
+    """The case's discriminator, contiguous features (B, n, h, w) and labels (B, H, W)."""
+    disc, gen = _seeded_disc(case)
+    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
+    return disc, features, _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
+
+
+def _ramp(t: torch.Tensor) -> torch.Tensor:
+    """Weights from -1 to 1 over t's elements: an upstream gradient that tells every element apart."""
+    return torch.linspace(-1, 1, t.numel(), dtype=t.dtype, device=t.device).view_as(t)
+
+
 def _forward_backward(disc: sd.SeparatedDiscriminator, features: torch.Tensor, labels: torch.Tensor,
                       grad: torch.Tensor | None):
     features = features.detach().requires_grad_(True)
@@ -77,12 +96,8 @@ def _forward_backward(disc: sd.SeparatedDiscriminator, features: torch.Tensor, l
 
 @given(discriminator_cases())
 def test_every_backend_equals_the_reference(case):
-    gen = torch.Generator().manual_seed(case["seed"])
-    torch.manual_seed(case["seed"])
-    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
-    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
+    disc, features, labels = _drawn(case)
     features = _layout_memory(features, case["memory"])
-    labels = _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
     disc.backend = "reference"
     ref, ref_grads, grad = _forward_backward(disc, features, labels, None)
     for backend in ("grouped", "fused"):
@@ -100,11 +115,7 @@ def test_fused_on_the_gpu_equals_the_cpu_reference(device, case):
     """The fused backend on the GPU (its Triton kernels for float32, ATen for float64) against the reference on
     the CPU, on the same random shapes, strides, layouts and memory formats as the CPU property above: tiles that
     straddle class boundaries, widths of 1-6 channels, classes without pairs."""
-    gen = torch.Generator().manual_seed(case["seed"])
-    torch.manual_seed(case["seed"])
-    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
-    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
-    labels = _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
+    disc, features, labels = _drawn(case)
     disc.backend = "reference"
     ref, ref_grads, grad = _forward_backward(disc, features, labels, None)
     disc.to(device).backend = "fused"
@@ -124,11 +135,7 @@ def test_interpreted_triton_kernels_equal_aten(case):
     """The fused evaluation through the Triton kernels (run by Triton's interpreter on CPU tensors, as the GPU runs
     them compiled) against the same evaluation through the ATen kernels, on random shapes and layouts."""
     require_triton()
-    gen = torch.Generator().manual_seed(case["seed"])
-    torch.manual_seed(case["seed"])
-    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"]).to(case["dtype"])
-    features = torch.randn(case["B"], case["n"], case["h"], case["w"], generator=gen, dtype=case["dtype"])
-    labels = _labels(case["layout"], case["B"], case["H"], case["W"], case["C"], gen)
+    disc, features, labels = _drawn(case)
     plan = disc.plan(labels, (case["h"], case["w"]))
     params = [conv.weight for conv in disc.convs] + [conv.bias for conv in disc.convs]
 
@@ -136,8 +143,7 @@ def test_interpreted_triton_kernels_equal_aten(case):
         leaves = [_layout_memory(features, case["memory"]).requires_grad_(True), *params]
         out = sparse_ssd_forward(leaves[0], plan.lf, plan.lo, params[:5], params[5:], disc.strides, case["C"],
                                  impl=impl, rulebook=plan.rulebook)
-        upstream = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
-        return out, torch.autograd.grad((out * upstream).sum(), leaves, allow_unused=True)
+        return out, torch.autograd.grad((out * _ramp(out)).sum(), leaves, allow_unused=True)
 
     out, grads = evaluate("triton")
     ref, ref_grads = evaluate("aten")
@@ -166,10 +172,8 @@ def test_forward_domains_equals_two_forwards(pair):
     """SeparatedDiscriminator.forward_domains (one joined evaluation on the fused backend, also at two feature
     sizes) gives each domain's logits, labels and, through a loss over both, every gradient of two forwards."""
     case, domains = pair
-    gen = torch.Generator().manual_seed(case["seed"])
-    torch.manual_seed(case["seed"])
-    disc = sd.SeparatedDiscriminator(case["C"], case["n"], case["channels"], case["strides"],
-                                     backend="fused").to(case["dtype"])
+    disc, gen = _seeded_disc(case)
+    disc.backend = "fused"
     inputs = []
     for d in domains:
         features = _layout_memory(torch.randn(d["B"], case["n"], d["h"], d["w"], generator=gen,
@@ -182,8 +186,7 @@ def test_forward_domains_equals_two_forwards(pair):
         for features, _ in inputs:
             features.grad = None
         outputs = forward()
-        loss = sum((o.logits * torch.linspace(-1, 1, o.logits.numel(), dtype=o.logits.dtype).view_as(o.logits))
-                   .sum() for o in outputs)
+        loss = sum((o.logits * _ramp(o.logits)).sum() for o in outputs)
         loss.backward()
         return outputs, [f.grad for f, _ in inputs] + [p.grad for p in disc.parameters()]
 
